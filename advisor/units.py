@@ -26,7 +26,7 @@ def parse_size(text: str) -> int:
 
 
 def format_bytes(n: float) -> str:
-    """Binary units, three significant figures: 1536 -> '1.50 KiB'."""
+    """Binary units, three significant figures: 1536 -> "1.5 KiB"."""
     if n is None or not math.isfinite(n):
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
