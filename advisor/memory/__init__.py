@@ -1,0 +1,1 @@
+"""Peak memory: tracking, estimating, measuring and searching for the largest batch."""
