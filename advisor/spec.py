@@ -1,0 +1,159 @@
+"""Load a user's model file by the contract in DESIGN.md and check it before any probe runs.
+
+Everything that can go wrong in the user's file becomes a BadInput naming the file and the problem,
+so the CLI prints one line and exits 2; nothing here lets a user's traceback through.
+"""
+
+import importlib.util
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from advisor.errors import BadInput
+from advisor.step import batch_size_of, default_loss, tensors_in
+
+DEFAULT_BASE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The user's file, reduced to the five things bsadvisor needs from it."""
+
+    path: Path
+    build_model: Callable[[], torch.nn.Module]
+    make_batch: Callable[[int], Any]
+    loss: Callable[[torch.nn.Module, Any], torch.Tensor]
+    make_optimizer: Callable[[Any], torch.optim.Optimizer]
+    base_batch_size: int | None
+
+    def fail(self, what: str) -> BadInput:
+        return BadInput(f"{self.path}: {what}")
+
+    def model(self) -> torch.nn.Module:
+        model = self._call("model()", self.build_model)
+        if not isinstance(model, torch.nn.Module):
+            raise self.fail(f"model() returned {type(model).__name__}, expected a torch.nn.Module")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise self.fail("model() returned a module with no trainable parameters")
+        return model
+
+    def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = self._call("optimizer(params)", self.make_optimizer, params)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise self.fail(f"optimizer(params) returned {type(opt).__name__}, expected a torch.optim.Optimizer")
+        return opt
+
+    def batch(self, size: int) -> Any:
+        batch = self._call(f"batch({size})", self.make_batch, size)
+        tensors = tensors_in(batch)
+        if not tensors:
+            raise self.fail(f"batch({size}) returned {type(batch).__name__} with no tensors; "
+                            "expected a tensor, a tuple/list or a dict of tensors")
+        got = batch_size_of(batch)
+        if got != size or any(t.dim() == 0 or t.shape[0] != size for t in tensors):
+            shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+            raise self.fail(f"batch({size}) must return {size} examples along the first dimension, got shapes {shapes}")
+        if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
+            raise self.fail(f"batch({size}) returned tensors with NaN or infinite values")
+        return batch
+
+    def _call(self, what: str, fn: Callable, *args):
+        try:
+            return fn(*args)
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception as exc:  # the user's code: any failure is bad input, reported in one line
+            raise self.fail(f"{what} raised {type(exc).__name__}: {one_line(exc)}") from None
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Import the model file (never writing bytecode next to it) and read the contract's names."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such model file")
+    module = _import_file(path)
+    found = {name: getattr(module, name, None) for name in ("model", "batch", "loss", "optimizer")}
+    for name in ("model", "batch"):
+        if found[name] is None:
+            raise BadInput(f"{path}: defines no `{name}`; a model file needs model() and batch(size)")
+    for name, fn in found.items():
+        if fn is not None and not callable(fn):
+            raise BadInput(f"{path}: `{name}` is {type(fn).__name__}, expected a function")
+    base = getattr(module, "BASE_BATCH_SIZE", None)
+    if base is not None and (isinstance(base, bool) or not isinstance(base, int) or base < 1):
+        raise BadInput(f"{path}: BASE_BATCH_SIZE must be a positive int, got {base!r}")
+    return ModelSpec(
+        path=path,
+        build_model=found["model"],
+        make_batch=found["batch"],
+        loss=found["loss"] or default_loss,
+        make_optimizer=found["optimizer"] or (lambda params: torch.optim.AdamW(params, lr=1e-3)),
+        base_batch_size=base,
+    )
+
+
+def _import_file(path: Path):
+    name = f"bsadvisor_user_model_{abs(hash(path.resolve()))}"
+    try:
+        source = path.read_bytes()
+        compile(source, str(path), "exec")
+    except SyntaxError as exc:
+        raise BadInput(f"{path}: not valid Python: {exc.msg} (line {exc.lineno})") from None
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{path}: cannot read the model file: {one_line(exc)}") from None
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise BadInput(f"{path}: cannot be imported as a Python module (expected a .py file)")
+    module = importlib.util.module_from_spec(module_spec)
+    # Nothing is written next to the user's files: no __pycache__ for it or its siblings.
+    sys.dont_write_bytecode = True
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # so the file can import its own helpers, as `python model.py` would
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise BadInput(f"{path}: importing it raised {type(exc).__name__}: {one_line(exc)}") from None
+    return module
+
+
+def check_contract(spec: ModelSpec, size: int = 2) -> None:
+    """One real training step at a tiny batch on the CPU: every contract failure surfaces here, named."""
+    model = spec.model()
+    opt = spec.optimizer(model)
+    batch = spec.batch(size)
+    value = checked_loss(spec, model, batch)
+    try:
+        value.backward()
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:
+        raise spec.fail(f"loss is not differentiable: {type(exc).__name__}: {one_line(exc)}") from None
+    spec._call("optimizer.step()", opt.step)
+
+
+def checked_loss(spec: ModelSpec, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """The user's loss, which must be a finite, differentiable scalar (a mean over the batch)."""
+    value = spec._call("loss(model, batch)", spec.loss, model, batch)
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise spec.fail(f"loss(model, batch) returned {shape}, expected a scalar tensor (the mean loss)")
+    if not value.requires_grad:
+        raise spec.fail("loss(model, batch) is not differentiable: it does not depend on the parameters")
+    if not math.isfinite(value.item()):
+        raise spec.fail(f"loss(model, batch) is not finite ({value.item()})")
+    return value.reshape(())
