@@ -1,0 +1,75 @@
+"""Pure search for the largest batch whose peak fits a budget, written over `peak(batch) -> bytes`.
+
+Peak memory is max(c, a + b·B) in the batch size B, so two points in the affine part predict the
+boundary; the prediction is then confirmed exactly (B fits, B + 1 does not). Interpolation inside the
+bracket handles curves that are not quite affine, and bisection takes over if it stalls.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+SEARCH_LIMIT = 2**24  # batches beyond this are reported as "at least" the limit
+
+
+@dataclass
+class Search:
+    max_batch: int                     # 0 when even batch 1 does not fit
+    peaks: dict[int, int] = field(default_factory=dict)  # every batch evaluated -> its peak bytes
+    hit_limit: bool = False
+
+
+def largest_fitting_batch(peak: Callable[[int], int], budget: float, limit: int = SEARCH_LIMIT,
+                          peaks: dict[int, int] | None = None) -> Search:
+    """Largest B in [1, limit] with peak(B) <= budget, assuming peak grows with B.
+    `peaks` caches earlier evaluations (it is shared between searches at different budgets)."""
+    peaks = {} if peaks is None else peaks
+
+    def fits(b: int) -> bool:
+        if b not in peaks:
+            peaks[b] = peak(b)
+        return peaks[b] <= budget
+
+    if not fits(1):
+        return Search(0, peaks)
+    lo, hi = 1, None
+    for b in sorted(peaks):  # earlier evaluations narrow the bracket for free
+        if fits(b):
+            lo = max(lo, b)
+        elif hi is None or b < hi:
+            hi = b
+    steps = 0
+    while hi is None or hi - lo > 1:
+        if hi is None and lo >= limit:
+            return Search(limit, peaks, hit_limit=True)
+        steps += 1
+        guess = _next_guess(lo, hi, peaks, budget, limit, bisect=steps > 8)
+        if fits(guess):
+            lo = guess
+        else:
+            hi = guess
+    return Search(lo, peaks)
+
+
+def _next_guess(lo: int, hi: int | None, peaks: dict[int, int], budget: float, limit: int, bisect: bool) -> int:
+    if hi is None:
+        below = sorted(b for b in peaks if b < lo)
+        slope = (peaks[lo] - peaks[below[-1]]) / (lo - below[-1]) if below else 0.0
+        if slope > 0:
+            guess = lo + int((budget - peaks[lo]) // slope)
+        else:
+            guess = lo * 64  # no slope yet (or the constant part of the curve): jump ahead
+        return max(lo + 1, min(guess, limit, lo * 2**20))
+    if bisect or peaks[hi] <= peaks[lo]:
+        return (lo + hi) // 2
+    guess = lo + int((budget - peaks[lo]) * (hi - lo) // (peaks[hi] - peaks[lo]))
+    return max(lo + 1, min(guess, hi - 1))
+
+
+def affine_fit(peaks: dict[int, int]) -> tuple[float, float]:
+    """(fixed_bytes, bytes_per_sample) through the two largest batches evaluated: the affine part."""
+    if len(peaks) < 2:
+        only = next(iter(peaks.values()), 0)
+        return float(only), 0.0
+    (b1, p1), (b2, p2) = sorted(peaks.items())[-2:]
+    slope = (p2 - p1) / (b2 - b1)
+    return p1 - slope * b1, slope
