@@ -1,0 +1,60 @@
+"""McCandlish et al. (2018), appendix A: the simple noise scale from two batch sizes. Pure maths.
+
+At fixed weights, k micro-batch gradients gᵢ of b examples give, with B = k·b,
+s̄ = mean ‖gᵢ‖² and S = ‖mean gᵢ‖², whose expectations are |G|² + tr Σ / b and |G|² + tr Σ / B.
+Solving the pair gives unbiased estimates of |G|² and tr Σ; B_simple = tr Σ / |G|² is taken as a
+ratio of averages over weight snapshots (an average of ratios is biased by the noisy denominator).
+"""
+
+import math
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One weight snapshot's unbiased estimates."""
+
+    grad_sq_norm: float  # |G|²
+    trace_sigma: float   # tr Σ, the per-example gradient covariance's trace
+
+
+@dataclass(frozen=True)
+class NoiseScale:
+    b_simple: float
+    ci95: tuple[float, float]
+    grad_sq_norm: float
+    trace_sigma: float
+    snapshots: int
+
+
+def two_batch_estimates(mean_small_sq_norm: float, big_sq_norm: float, small: int, big: int) -> Snapshot:
+    """Unbiased |G|² and tr Σ from s̄ (micro-batches of `small`) and S (their mean, `big` examples)."""
+    if not 0 < small < big:
+        raise ValueError(f"need 0 < small < big, got small={small}, big={big}")
+    grad_sq = (big * big_sq_norm - small * mean_small_sq_norm) / (big - small)
+    trace = (mean_small_sq_norm - big_sq_norm) / (1 / small - 1 / big)
+    return Snapshot(grad_sq, trace)
+
+
+def ratio_of_means(snapshots: list[Snapshot]) -> float:
+    grad_sq = sum(s.grad_sq_norm for s in snapshots) / len(snapshots)
+    trace = sum(s.trace_sigma for s in snapshots) / len(snapshots)
+    return trace / grad_sq if grad_sq > 0 else math.inf
+
+
+def noise_scale(snapshots: list[Snapshot], resamples: int = 2000, seed: int = 0) -> NoiseScale:
+    """B_simple with a 95% percentile-bootstrap interval over snapshots."""
+    if not snapshots:
+        raise ValueError("no snapshots")
+    rng = random.Random(seed)
+    n = len(snapshots)
+    boot = sorted(ratio_of_means([snapshots[rng.randrange(n)] for _ in range(n)]) for _ in range(resamples))
+    lo, hi = boot[int(0.025 * (resamples - 1))], boot[int(math.ceil(0.975 * (resamples - 1)))]
+    return NoiseScale(
+        b_simple=ratio_of_means(snapshots),
+        ci95=(lo, hi),
+        grad_sq_norm=sum(s.grad_sq_norm for s in snapshots) / n,
+        trace_sigma=sum(s.trace_sigma for s in snapshots) / n,
+        snapshots=n,
+    )

@@ -1,0 +1,1 @@
+"""Short training probes on the real device: throughput and gradient noise."""

@@ -1,0 +1,112 @@
+"""The throughput probe: seconds per training step at batch sizes spaced geometrically.
+
+Each size starts from the same saved model and optimizer state, draws one batch (data loading is not
+the step), runs warm-up steps that are not timed, then times several steps and keeps the median.
+The optimizer's share of a step is timed apart: it is paid once per optimizer step, so it is what
+gradient accumulation amortises. Growing stops early once a step takes longer than
+`max_step_seconds` (or would, by the line through the last two points); larger batches are then
+predicted by the fit, and the report says so.
+"""
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from advisor.device import Backend
+from advisor.errors import ProbeFailed
+from advisor.spec import ModelSpec
+from advisor.step import SavedState, move_batch
+
+
+@dataclass(frozen=True)
+class ThroughputPoint:
+    batch: int
+    step_seconds: float       # median of the timed steps: forward, backward and optimizer step
+    optimizer_seconds: float  # median of the optimizer step alone
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.batch / self.step_seconds
+
+
+@dataclass(frozen=True)
+class ThroughputResult:
+    points: list[ThroughputPoint]
+    stopped_early: str | None  # why the larger sizes were not timed, if they were not
+    method: str
+    seconds: float
+
+
+def geometric_batches(largest: int, minimum_points: int = 5) -> list[int]:
+    """Powers of two up to `largest`, and `largest` itself; denser when that gives too few points."""
+    sizes = {2**i for i in range(int(math.log2(largest)) + 1)} | {largest}
+    if len(sizes) < minimum_points:
+        n = min(minimum_points, largest)
+        sizes = {round(largest ** (i / (n - 1))) for i in range(n)} if n > 1 else {1}
+        sizes |= set(range(1, min(largest, minimum_points) + 1)) if len(sizes) < n else set()
+    return sorted(sizes)
+
+
+def measure_throughput(spec: ModelSpec, backend: Backend, batch_sizes: list[int], warmup_steps: int = 1,
+                       timed_steps: int = 5, max_step_seconds: float = 1.0, seed: int = 0,
+                       progress=lambda done, total: None) -> ThroughputResult:
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    model = spec.model().to(backend.device)
+    opt = spec.optimizer(model)
+    saved = SavedState(model, opt)
+    points, stopped = [], None
+    sizes = sorted(set(batch_sizes))
+    for n, size in enumerate(sizes):
+        saved.restore()
+        points.append(_time_batch(spec, backend, model, opt, size, warmup_steps, timed_steps))
+        progress(n + 1, len(sizes))
+        if n + 1 < len(sizes):
+            stopped = _too_slow(points, sizes[n + 1], max_step_seconds)
+            if stopped:
+                break
+    saved.restore()
+    method = f"{backend.measured_on}: median of {timed_steps} timed steps after {warmup_steps} warm-up"
+    return ThroughputResult(points, stopped, method, time.perf_counter() - started)
+
+
+def _too_slow(points: list[ThroughputPoint], next_size: int, limit: float) -> str | None:
+    """Why not to time `next_size`: the last step was over the limit, or the line through the last
+    two points predicts the next one will be."""
+    last = points[-1]
+    if last.step_seconds > limit:
+        return f"stopped after batch {last.batch}: a step took {last.step_seconds:.2f} s (> {limit:g} s)"
+    if len(points) >= 2:
+        prev = points[-2]
+        slope = max((last.step_seconds - prev.step_seconds) / (last.batch - prev.batch), 0.0)
+        predicted = last.step_seconds + slope * (next_size - last.batch)
+        if predicted > limit:
+            return (f"stopped after batch {last.batch}: batch {next_size} would take about {predicted:.2f} s "
+                    f"(> {limit:g} s)")
+    return None
+
+
+def _time_batch(spec, backend, model, opt, size, warmup_steps, timed_steps) -> ThroughputPoint:
+    batch = move_batch(spec.batch(size), backend.device)
+    losses = []
+
+    def forward_backward():
+        opt.zero_grad(set_to_none=True)
+        loss = spec.loss(model, batch)
+        loss.backward()
+        losses.append(loss.detach())
+
+    steps, optimizer_steps = [], []
+    for i in range(warmup_steps + timed_steps):
+        fb = backend.timed(forward_backward)
+        step = backend.timed(opt.step)
+        value = losses[-1].item()
+        if not math.isfinite(value):
+            raise ProbeFailed(f"non-finite loss ({value}) at batch {size}, step {i + 1} of the throughput probe")
+        if i >= warmup_steps:
+            steps.append(fb + step)
+            optimizer_steps.append(step)
+    return ThroughputPoint(size, statistics.median(steps), statistics.median(optimizer_steps))
