@@ -1,0 +1,177 @@
+"""The `bsadvisor` command line: parses flags, calls the pipeline, renders. Nothing else."""
+
+import contextlib
+import json
+import math
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from advisor import __version__
+from advisor.errors import EXIT_INTERRUPTED, AdvisorError, BadInput
+
+app = typer.Typer(
+    help="Which batch size and which learning rate: measured memory, throughput and gradient noise.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+
+Model = Annotated[str, typer.Argument(help="A model file: defines model() and batch(size), see the README.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+MemoryOpt = Annotated[Optional[str], typer.Option("--memory", help="Memory budget, e.g. 512MiB or 12GB "
+                                                  "(default: what the device has free).")]
+MarginOpt = Annotated[float, typer.Option("--margin", help="Fraction of the budget kept free, in [0, 1).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the model's initialisation and the batches.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON document instead of tables.")]
+BaseBatchOpt = Annotated[Optional[int], typer.Option("--base-batch", help="Batch size the learning rate was tuned at "
+                                                     "(default: the file's BASE_BATCH_SIZE).")]
+WarmupOpt = Annotated[int, typer.Option("--noise-warmup-steps", help="Training steps before the noise is measured.")]
+StepLimitOpt = Annotated[float, typer.Option("--max-step-seconds", help="Stop timing larger batches once a step "
+                                             "takes longer than this.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bsadvisor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version and exit.")] = False) -> None:
+    pass
+
+
+@app.command("recommend")
+def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOpt = None, margin: MarginOpt = 0.1,
+                      base_batch: BaseBatchOpt = None,
+                      base_lr: Annotated[Optional[float], typer.Option("--base-lr", help="Learning rate tuned at "
+                                                                       "the base batch (default: the optimizer's).")] = None,
+                      noise_warmup_steps: WarmupOpt = 10, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
+                      json_out: JsonOpt = False) -> None:
+    """The whole advice: largest batch, throughput, gradient noise, batch size and learning rate."""
+    _run(model, device, json_out, lambda advisor: advisor.recommendation(), memory=memory, margin=margin,
+         base_batch=base_batch, base_lr=base_lr, noise_warmup_steps=noise_warmup_steps,
+         max_step_seconds=max_step_seconds, seed=seed)
+
+
+@app.command("max-batch")
+def max_batch_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOpt = None, margin: MarginOpt = 0.1,
+                      seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
+    """The largest batch whose steady-state training step fits the memory budget."""
+    _run(model, device, json_out, lambda advisor: advisor.memory(), memory=memory, margin=margin, seed=seed)
+
+
+@app.command("noise")
+def noise_command(model: Model, device: DeviceOpt = "auto",
+                  batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per snapshot, "
+                                                                    "split into 8 micro-batches.")] = None,
+                  noise_warmup_steps: WarmupOpt = 10,
+                  snapshots: Annotated[int, typer.Option("--snapshots", help="Weight snapshots averaged.")] = 32,
+                  base_batch: BaseBatchOpt = None, memory: MemoryOpt = None, seed: SeedOpt = 0,
+                  json_out: JsonOpt = False) -> None:
+    """The gradient noise scale B_simple (McCandlish et al. 2018) with a 95% interval."""
+    _run(model, device, json_out, lambda advisor: advisor.noise(), noise_batch=batch_size, base_batch=base_batch,
+         noise_warmup_steps=noise_warmup_steps, noise_snapshots=snapshots, memory=memory, seed=seed)
+
+
+@app.command("throughput")
+def throughput_command(model: Model, device: DeviceOpt = "auto",
+                       batch_sizes: Annotated[Optional[str], typer.Option("--batch-sizes", help="Comma-separated, "
+                                                                          "e.g. 8,16,64 (default: powers of two "
+                                                                          "up to the memory limit).")] = None,
+                       memory: MemoryOpt = None, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
+                       json_out: JsonOpt = False) -> None:
+    """Seconds per training step against batch size."""
+    _run(model, device, json_out, lambda advisor: advisor.throughput(), batch_sizes=batch_sizes, memory=memory,
+         max_step_seconds=max_step_seconds, seed=seed)
+
+
+def _run(model: str, device: str, json_out: bool, probe, **flags) -> None:
+    """Load, probe, render; every expected failure becomes one line on stderr and its exit code."""
+    err = Console(stderr=True)
+    try:
+        from advisor.device import resolve_device
+        from advisor.pipeline import Advisor
+        from advisor.report import render, to_json
+        from advisor.spec import load_spec
+
+        settings = _settings(**flags)
+        backend = resolve_device(device)
+        spec = load_spec(model)
+        with _progress(err) as progress:
+            advisor = Advisor(spec, backend, settings, progress)
+            probe(advisor)
+        report = advisor.finish()
+        for note in report.notes:
+            err.print(f"note: {note}", highlight=False)
+        if json_out:
+            sys.stdout.write(json.dumps(to_json(report), indent=2, allow_nan=False) + "\n")
+        else:
+            render(report, Console())
+    except AdvisorError as exc:
+        err.print(f"bsadvisor: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("bsadvisor: interrupted", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | None = None,
+              base_lr: float | None = None, noise_warmup_steps: int = 10, noise_batch: int | None = None,
+              noise_snapshots: int = 32, batch_sizes: str | None = None, max_step_seconds: float = 1.0,
+              seed: int = 0):
+    from advisor.pipeline import Settings
+    from advisor.units import parse_size
+
+    if not 0 <= margin < 1:
+        raise BadInput(f"--margin must be in [0, 1), got {margin}")
+    for flag, value in (("--base-batch", base_batch), ("--batch-size", noise_batch), ("--snapshots", noise_snapshots)):
+        if value is not None and value < 1:
+            raise BadInput(f"{flag} must be a positive integer, got {value}")
+    if noise_warmup_steps < 0:
+        raise BadInput(f"--noise-warmup-steps must be 0 or more, got {noise_warmup_steps}")
+    if base_lr is not None and not (math.isfinite(base_lr) and base_lr > 0):
+        raise BadInput(f"--base-lr must be a positive number, got {base_lr}")
+    if not (math.isfinite(max_step_seconds) and max_step_seconds > 0):
+        raise BadInput(f"--max-step-seconds must be positive, got {max_step_seconds}")
+    return Settings(
+        memory_bytes=parse_size(memory) if memory is not None else None, margin=margin, base_batch=base_batch,
+        base_lr=base_lr, noise_warmup_steps=noise_warmup_steps, noise_batch=noise_batch,
+        noise_snapshots=noise_snapshots, batch_sizes=_batch_list(batch_sizes) if batch_sizes else None,
+        max_step_seconds=max_step_seconds, seed=seed)
+
+
+def _batch_list(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise BadInput(f"--batch-sizes {text!r}: expected comma-separated positive integers like 8,16,64") from None
+    if not sizes or min(sizes) < 1:
+        raise BadInput(f"--batch-sizes {text!r}: expected comma-separated positive integers like 8,16,64")
+    return sizes
+
+
+@contextlib.contextmanager
+def _progress(err: Console):
+    """Progress bars on stderr, only when it is a terminal."""
+    if not err.is_terminal:
+        yield lambda stage: (lambda done, total: None)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bars:
+        tasks = {}
+
+        def stage(description: str):
+            def update(done: int, total: int) -> None:
+                if description not in tasks:
+                    tasks[description] = bars.add_task(description, total=total)
+                bars.update(tasks[description], completed=done, total=total)
+            return update
+        yield stage
+
+
+def main() -> None:
+    app()

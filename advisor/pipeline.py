@@ -1,0 +1,139 @@
+"""The probes in order — memory, throughput, noise — and the advice drawn from them.
+
+Each command runs the part it needs; `recommend` runs all of it. Nothing here prints: progress goes to
+the `progress` callback and warnings into the report's notes, which the CLI renders.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+from advisor.advice import Recommendation, StepTimeFit, fit_step_time, optimizer_family, recommend
+from advisor.device import Backend
+from advisor.errors import BadInput, ProbeFailed
+from advisor.memory.max_batch import MemoryResult, find_max_batch
+from advisor.memory.trace import StepTracer
+from advisor.probes.noise import NoiseResult, measure_noise
+from advisor.probes.throughput import ThroughputResult, geometric_batches, measure_throughput
+from advisor.spec import DEFAULT_BASE_BATCH, ModelSpec, check_contract
+
+
+@dataclass
+class Settings:
+    memory_bytes: int | None = None
+    margin: float = 0.1
+    base_batch: int | None = None
+    base_lr: float | None = None
+    noise_warmup_steps: int = 10
+    noise_batch: int | None = None
+    noise_snapshots: int = 32
+    batch_sizes: list[int] | None = None
+    max_step_seconds: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class Report:
+    spec: ModelSpec
+    backend: Backend
+    settings: Settings
+    memory: MemoryResult | None = None
+    throughput: ThroughputResult | None = None
+    fit: StepTimeFit | None = None
+    noise: NoiseResult | None = None
+    recommendation: Recommendation | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def no_progress(stage: str):
+    return lambda done, total: None
+
+
+class Advisor:
+    """Runs the probes for one model file on one device, each at most once."""
+
+    def __init__(self, spec: ModelSpec, backend: Backend, settings: Settings, progress=no_progress):
+        self.report = Report(spec, backend, settings)
+        self.spec, self.backend, self.settings, self.progress = spec, backend, settings, progress
+        self._started = time.perf_counter()
+        if backend.note:
+            self.report.notes.append(backend.note)
+        check_contract(spec)
+
+    def memory(self) -> MemoryResult:
+        if self.report.memory is None:
+            self.progress("tracing peak memory")(0, 1)
+            budget = self.backend.memory_budget(self.settings.memory_bytes)
+            self._tracer = StepTracer(self.spec, fake=True, seed=self.settings.seed)
+            self.report.memory = find_max_batch(self.spec, budget, self.settings.margin, tracer=self._tracer)
+            if self.report.memory.safe_max_batch < 1:
+                raise BadInput(f"{self.spec.path}: nothing fits once the {self.settings.margin:.0%} margin is kept: "
+                               f"batch 1 needs {self.report.memory.peaks[1]} bytes of {budget.bytes}")
+        return self.report.memory
+
+    def throughput(self) -> ThroughputResult:
+        if self.report.throughput is None:
+            sizes = self.settings.batch_sizes or geometric_batches(self.memory().safe_max_batch)
+            result = measure_throughput(self.spec, self.backend, sizes, max_step_seconds=self.settings.max_step_seconds,
+                                        seed=self.settings.seed, progress=self.progress("timing steps"))
+            self.report.throughput = result
+            self.report.fit = fit_step_time([(p.batch, p.step_seconds) for p in result.points])
+            if result.stopped_early:
+                self.report.notes.append(result.stopped_early + "; larger batches are estimated from the fit")
+        return self.report.throughput
+
+    def noise(self) -> NoiseResult:
+        if self.report.noise is None:
+            base = self.base_batch()
+            batch = self.settings.noise_batch or min(8 * base, self.memory().safe_max_batch)
+            if batch < 2:
+                raise ProbeFailed(f"the noise probe needs a batch of at least 2; only {batch} fits")
+            self.report.noise = measure_noise(
+                self.spec, self.backend, batch, micro_batches=min(8, batch), snapshots=self.settings.noise_snapshots,
+                warmup_steps=self.settings.noise_warmup_steps, warmup_batch=min(base, batch), seed=self.settings.seed,
+                progress=self.progress("measuring gradient noise"))
+        return self.report.noise
+
+    def recommendation(self) -> Recommendation:
+        if self.report.recommendation is None:
+            throughput, noise = self.throughput(), self.noise()
+            optimizer_seconds = min(p.optimizer_seconds for p in throughput.points)
+            self.report.recommendation = recommend(
+                self.report.fit, optimizer_seconds, noise.scale.b_simple, self.base_batch(), self.base_lr(),
+                self.family(), self.memory().safe_max_batch)
+            self._trace_peaks([p.batch for p in throughput.points] +
+                              [self.report.recommendation.plan.micro_batch, self.base_batch()])
+        return self.report.recommendation
+
+    def _trace_peaks(self, sizes: list[int]) -> None:
+        """Trace the peak of every batch the report shows (cheap under FakeTensorMode), so none is
+        an extrapolation."""
+        peaks = self.memory().peaks
+        for size in sizes:
+            if size not in peaks and size <= self.memory().max_batch:
+                peaks[size] = self._tracer.peak(size)
+
+    def base_batch(self) -> int:
+        chosen = self.settings.base_batch or self.spec.base_batch_size
+        if chosen is None:
+            self.report.notes.append(f"no --base-batch and no BASE_BATCH_SIZE in the model file: "
+                                     f"assuming the learning rate was tuned at batch {DEFAULT_BASE_BATCH}")
+            chosen = self.settings.base_batch = DEFAULT_BASE_BATCH
+        return chosen
+
+    def base_lr(self) -> float:
+        if self.settings.base_lr is None:
+            self.settings.base_lr = float(self._optimizer().param_groups[0]["lr"])
+        return self.settings.base_lr
+
+    def family(self) -> str:
+        return optimizer_family([cls.__name__ for cls in type(self._optimizer()).__mro__])
+
+    def _optimizer(self):
+        if not hasattr(self, "_opt"):
+            self._opt = self.spec.optimizer(self.spec.model())
+        return self._opt
+
+    def finish(self) -> Report:
+        self.report.seconds = time.perf_counter() - self._started
+        return self.report

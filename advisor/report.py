@@ -1,0 +1,174 @@
+"""One schema, two renderings: the JSON document scripts read, and the rich tables people read.
+
+Every figure carries how it was obtained: measured (on CPU or CUDA), tracked (exact tensor bytes of a
+traced step), estimated (from a fit), or taken from a profile.
+"""
+
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+from advisor import __version__
+from advisor.advice import goodput, make_plan, plan_for_batch, statistical_efficiency
+from advisor.pipeline import Report
+from advisor.units import format_bytes
+
+SCHEMA_VERSION = 1
+
+
+def to_json(report: Report) -> dict:
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "bsadvisor_version": __version__,
+        "model": str(report.spec.path),
+        "device": {"type": report.backend.device.type, "name": str(report.backend.device)},
+    }
+    if report.memory:
+        m = report.memory
+        doc["memory"] = {
+            "max_batch": m.max_batch, "safe_max_batch": m.safe_max_batch,
+            "budget_bytes": m.budget.bytes, "budget_source": m.budget.source, "margin": m.margin,
+            "bytes_per_sample": m.bytes_per_sample, "fixed_bytes": m.fixed_bytes,
+            "at_search_limit": m.at_search_limit, "method": m.method, "seconds": m.seconds,
+            "traced": [{"batch": b, "peak_bytes": p} for b, p in sorted(m.peaks.items())],
+        }
+    if report.throughput:
+        t = report.throughput
+        doc["throughput"] = {
+            "points": [{"batch": p.batch, "step_seconds": p.step_seconds, "samples_per_second": p.samples_per_second,
+                        "optimizer_seconds": p.optimizer_seconds} for p in t.points],
+            "fit": {"alpha_seconds": report.fit.alpha, "beta_seconds_per_sample": report.fit.beta,
+                    "method": "estimated: weighted least squares T(B) = alpha + beta*B"},
+            "stopped_early": t.stopped_early, "method": t.method, "seconds": t.seconds,
+        }
+    if report.noise:
+        n = report.noise
+        doc["noise"] = {
+            "b_simple": n.scale.b_simple, "ci95": list(n.scale.ci95), "grad_sq_norm": n.scale.grad_sq_norm,
+            "trace_sigma": n.scale.trace_sigma, "batch_size": n.batch_size, "micro_batch": n.micro_batch,
+            "snapshots": n.scale.snapshots, "warmup_steps": n.warmup_steps, "preconditioned": n.preconditioned,
+            "method": n.method, "seconds": n.seconds,
+        }
+    if report.recommendation:
+        r = report.recommendation
+        doc["recommendation"] = {
+            "batch_size": r.plan.batch_size, "micro_batch": r.plan.micro_batch,
+            "accumulation_steps": r.plan.accumulation_steps, "learning_rate": r.learning_rate,
+            "lr_rule": r.lr_rule, "lr_factor": r.lr_factor, "warmup_steps": r.warmup_steps,
+            "optimizer_family": r.optimizer_family, "base_batch": r.base_batch, "base_lr": r.base_lr,
+            "statistical_efficiency": r.efficiency, "goodput_vs_base": r.goodput_vs_base,
+            "step_seconds": r.plan.step_seconds, "reasons": r.reasons,
+            "method": "estimated: goodput from the step-time fit and the measured noise scale",
+        }
+        doc["candidates"] = candidates(report)
+    doc["notes"] = report.notes
+    doc["seconds"] = report.seconds
+    return doc
+
+
+def candidates(report: Report) -> list[dict]:
+    """The table's rows: the timed batch sizes, the untimed ones up to the memory limit, the base and
+    the recommendation; each value says where it came from."""
+    m, fit, rec = report.memory, report.fit, report.recommendation
+    phi, base = report.noise.scale.b_simple, rec.base_batch
+    optimizer_seconds = min(p.optimizer_seconds for p in report.throughput.points)
+    timed = {p.batch: p for p in report.throughput.points}
+    sizes = sorted(set(timed) | set(report.settings.batch_sizes or []) | {base, rec.plan.batch_size, m.safe_max_batch})
+    base_goodput = goodput(plan_for_batch(fit, optimizer_seconds, base, m.safe_max_batch), phi, base)
+    rows = []
+    for size in sizes:
+        plan = rec.plan if size == rec.plan.batch_size else (
+            make_plan(fit, optimizer_seconds, size) if size <= m.safe_max_batch
+            else plan_for_batch(fit, optimizer_seconds, size, m.safe_max_batch))
+        measured = size in timed and plan.accumulation_steps == 1
+        seconds = timed[size].step_seconds if measured else plan.step_seconds
+        rows.append({
+            "batch": size, "micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
+            "peak_bytes": m.peak_at(plan.micro_batch),
+            "peak_source": "tracked" if plan.micro_batch in m.peaks else "estimated",
+            "step_seconds": seconds, "step_source": "measured" if measured else "estimated",
+            "samples_per_second": size / seconds,
+            "statistical_efficiency": statistical_efficiency(size, phi, base),
+            "goodput_vs_base": goodput(plan, phi, base) / base_goodput,
+            "recommended": size == rec.plan.batch_size, "base": size == base,
+        })
+    return rows
+
+
+def render(report: Report, console: Console) -> None:
+    doc = to_json(report)
+    if "memory" in doc:
+        console.print(_memory_table(doc["memory"]))
+    if "recommendation" in doc:
+        console.print(_candidates_table(doc))
+    elif "throughput" in doc:
+        console.print(_throughput_table(doc["throughput"]))
+    if "noise" in doc:
+        console.print(_noise_table(doc["noise"]))
+    if "recommendation" in doc:
+        console.print(_recommendation_table(doc["recommendation"]))
+
+
+def _memory_table(m: dict) -> Table:
+    table = Table(title="Memory", show_header=False, title_justify="left")
+    note = " (search limit: at least)" if m["at_search_limit"] else ""
+    table.add_row("largest batch that fits", f"{m['max_batch']}{note}", m["method"])
+    table.add_row(f"with {m['margin']:.0%} margin kept free", str(m["safe_max_batch"]), "tracked")
+    table.add_row("budget", format_bytes(m["budget_bytes"]), m["budget_source"])
+    table.add_row("per example", format_bytes(m["bytes_per_sample"]), "tracked (affine fit of traced peaks)")
+    table.add_row("fixed (weights, grads, optimizer)", format_bytes(m["fixed_bytes"]), "tracked (affine fit)")
+    return table
+
+
+def _throughput_table(t: dict) -> Table:
+    table = Table(title="Throughput (" + t["method"] + ")", title_justify="left")
+    for column in ("batch", "step time", "samples/s", "optimizer step"):
+        table.add_column(column, justify="right")
+    for p in t["points"]:
+        table.add_row(str(p["batch"]), _seconds(p["step_seconds"]), f"{p['samples_per_second']:.4g}",
+                      _seconds(p["optimizer_seconds"]))
+    return table
+
+
+def _candidates_table(doc: dict) -> Table:
+    table = Table(title="Candidate batch sizes", title_justify="left",
+                  caption="m = measured, t = tracked, e = estimated from the fits", caption_justify="left")
+    for column in ("batch", "micro x steps", "peak memory", "step time", "samples/s", "stat. efficiency",
+                   "goodput vs base", ""):
+        table.add_column(column, justify="right")
+    for row in doc["candidates"]:
+        mark = "recommended" if row["recommended"] else ("base" if row["base"] else "")
+        style = "bold green" if row["recommended"] else None
+        table.add_row(
+            str(row["batch"]), f"{row['micro_batch']} x {row['accumulation_steps']}",
+            f"{format_bytes(row['peak_bytes'])} {row['peak_source'][0]}",
+            f"{_seconds(row['step_seconds'])} {row['step_source'][0]}", f"{row['samples_per_second']:.4g}",
+            f"{row['statistical_efficiency']:.3f}", f"{row['goodput_vs_base']:.2f}x", mark, style=style)
+    return table
+
+
+def _noise_table(n: dict) -> Table:
+    table = Table(title="Gradient noise scale", show_header=False, title_justify="left")
+    lo, hi = n["ci95"]
+    table.add_row("B_simple", f"{n['b_simple']:.4g}", f"95% interval [{lo:.4g}, {hi:.4g}]")
+    table.add_row("|G|^2", f"{n['grad_sq_norm']:.4g}", "preconditioned (Adam)" if n["preconditioned"] else "raw")
+    table.add_row("tr(Sigma)", f"{n['trace_sigma']:.4g}", n["method"])
+    return table
+
+
+def _recommendation_table(r: dict) -> Table:
+    table = Table(title="Recommendation", show_header=False, title_justify="left")
+    table.add_row("batch size", f"{r['batch_size']} = {r['micro_batch']} x {r['accumulation_steps']} accumulation",
+                  r["method"])
+    table.add_row("learning rate", f"{r['learning_rate']:.4g}", f"{r['lr_factor']:.3g} x {r['base_lr']:.3g}: {r['lr_rule']}")
+    table.add_row("warm-up steps", str(r["warmup_steps"]), "rule of thumb" if r["warmup_steps"] else "not needed")
+    for reason in r["reasons"]:
+        table.add_row("why", reason, "")
+    return table
+
+
+def _seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "-"
+    return f"{s * 1000:.3g} ms" if s < 1 else f"{s:.3g} s"
