@@ -1,0 +1,1 @@
+"""Datasheet hardware profiles shipped with bsadvisor (JSON data only; see README.md)."""
