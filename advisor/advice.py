@@ -46,7 +46,10 @@ def fit_step_time(points: list[tuple[int, float]]) -> StepTimeFit:
 
 
 def statistical_efficiency(batch: float, noise_scale: float, base_batch: int) -> float:
-    """Progress per example at `batch` relative to `base_batch` (McCandlish et al. 2018)."""
+    """Progress per example at `batch` relative to `base_batch` (McCandlish et al. 2018).
+    An unbounded noise scale (noise dominates the gradient) makes every batch equally efficient."""
+    if math.isinf(noise_scale):
+        return 1.0
     return (noise_scale + base_batch) / (noise_scale + batch)
 
 
@@ -89,7 +92,8 @@ def best_plan(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, ba
     best, best_value = None, -1.0
     for steps in range(1, max_accumulation + 1):
         fixed = plan_seconds(fit, optimizer_seconds, 0, steps)
-        ideal = math.sqrt(noise_scale * fixed / fit.beta) / steps
+        ideal = max_micro if math.isinf(noise_scale) else min(math.sqrt(noise_scale * fixed / fit.beta) / steps,
+                                                              max_micro)
         for micro in {math.floor(ideal), math.ceil(ideal)}:
             plan = make_plan(fit, optimizer_seconds, min(max(micro, 1), max_micro), steps)
             value = goodput(plan, noise_scale, base_batch)
@@ -105,7 +109,7 @@ def optimizer_family(class_names: list[str]) -> str:
 
 def learning_rate_factor(noise_scale: float, base_batch: int, batch: int, family: str) -> tuple[float, str]:
     """lr/lr₀ for moving from B₀ to B, and the rule's name."""
-    ratio = (1 + noise_scale / base_batch) / (1 + noise_scale / batch)
+    ratio = batch / base_batch if math.isinf(noise_scale) else (1 + noise_scale / base_batch) / (1 + noise_scale / batch)
     if family == "adam":
         return math.sqrt(ratio), "adam-sqrt: lr0*sqrt((1+phi/B0)/(1+phi/B)) (Malladi et al. 2022)"
     return ratio, "sgd-noise: lr0*(1+phi/B0)/(1+phi/B) (McCandlish et al. 2018)"
@@ -140,7 +144,7 @@ def recommend(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, ba
     base = plan_for_batch(fit, optimizer_seconds, base_batch, max_micro)
     gain = goodput(plan, noise_scale, base_batch) / goodput(base, noise_scale, base_batch)
     factor, rule = learning_rate_factor(noise_scale, base_batch, plan.batch_size, family)
-    ideal = math.sqrt(noise_scale * fit.alpha / fit.beta)
+    ideal = math.sqrt(noise_scale * fit.alpha / fit.beta) if fit.alpha > 0 else 0.0
     reasons = [f"goodput B/T(B)*E(B) is highest at batch {plan.batch_size}: "
                f"{gain:.2f}x the goodput of the base batch {base_batch}"]
     if plan.accumulation_steps > 1:
@@ -150,6 +154,9 @@ def recommend(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, ba
     elif ideal > max_micro:
         reasons.append(f"the unconstrained optimum B*=sqrt(phi*alpha/beta)={ideal:.0f} is above the memory limit "
                        f"{max_micro}; accumulation to reach it does not pay here")
+    if math.isinf(noise_scale):
+        reasons.append("the gradient noise dominated at every batch probed (|G|^2 not resolved): statistical "
+                       "efficiency is taken as flat, so throughput decides")
     reasons.append(f"learning rate x{factor:.3g} by the {family} rule for batch {plan.batch_size} "
                    f"(noise scale {noise_scale:.3g})")
     steps = warmup_steps(factor)

@@ -21,11 +21,15 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class NoiseScale:
-    b_simple: float
-    ci95: tuple[float, float]
+    b_simple: float            # inf when |G|² is not resolved: noise dominates at this batch
+    ci95: tuple[float, float]  # the upper end may be inf for the same reason
     grad_sq_norm: float
     trace_sigma: float
     snapshots: int
+
+    @property
+    def resolved(self) -> bool:
+        return math.isfinite(self.b_simple) and math.isfinite(self.ci95[1])
 
 
 def two_batch_estimates(mean_small_sq_norm: float, big_sq_norm: float, small: int, big: int) -> Snapshot:

@@ -83,15 +83,27 @@ class Advisor:
         return self.report.throughput
 
     def noise(self) -> NoiseResult:
+        """Measure at 8x the base batch; where noise swamps the gradient (|G|² unresolved), measure
+        again at 4x the batch, up to what fits, since a bigger batch averages the noise away."""
         if self.report.noise is None:
-            base = self.base_batch()
-            batch = self.settings.noise_batch or min(8 * base, self.memory().safe_max_batch)
+            base, largest = self.base_batch(), self.memory().safe_max_batch
+            batch = self.settings.noise_batch or min(8 * base, largest)
             if batch < 2:
                 raise ProbeFailed(f"the noise probe needs a batch of at least 2; only {batch} fits")
-            self.report.noise = measure_noise(
-                self.spec, self.backend, batch, micro_batches=min(8, batch), snapshots=self.settings.noise_snapshots,
-                warmup_steps=self.settings.noise_warmup_steps, warmup_batch=min(base, batch), seed=self.settings.seed,
-                progress=self.progress("measuring gradient noise"))
+            while True:
+                result = measure_noise(
+                    self.spec, self.backend, batch, micro_batches=min(8, batch),
+                    snapshots=self.settings.noise_snapshots, warmup_steps=self.settings.noise_warmup_steps,
+                    warmup_batch=min(base, batch), seed=self.settings.seed,
+                    progress=self.progress(f"measuring gradient noise at batch {batch}"))
+                if result.scale.resolved or self.settings.noise_batch or batch >= largest:
+                    break
+                self.report.notes.append(f"gradient noise unresolved at batch {batch}: measuring again at a larger batch")
+                batch = min(4 * batch, largest)
+            if not result.scale.resolved:
+                self.report.notes.append(f"the noise scale is not resolved at batch {batch}: the gradient is dominated "
+                                         "by noise (B_simple is large or unbounded); --batch-size larger may resolve it")
+            self.report.noise = result
         return self.report.noise
 
     def recommendation(self) -> Recommendation:

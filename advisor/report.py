@@ -17,14 +17,19 @@ from advisor.units import format_bytes
 SCHEMA_VERSION = 1
 
 
-def to_json(report: Report) -> dict:
+ALL_SECTIONS = ("memory", "throughput", "noise", "recommendation")
+
+
+def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
+    """The document; a probe another one needed (memory, for the noise batch) shows only if asked for."""
+    sections = sections or ALL_SECTIONS
     doc = {
         "schema_version": SCHEMA_VERSION,
         "bsadvisor_version": __version__,
         "model": str(report.spec.path),
         "device": {"type": report.backend.device.type, "name": str(report.backend.device)},
     }
-    if report.memory:
+    if report.memory and "memory" in sections:
         m = report.memory
         doc["memory"] = {
             "max_batch": m.max_batch, "safe_max_batch": m.safe_max_batch,
@@ -33,7 +38,7 @@ def to_json(report: Report) -> dict:
             "at_search_limit": m.at_search_limit, "method": m.method, "seconds": m.seconds,
             "traced": [{"batch": b, "peak_bytes": p} for b, p in sorted(m.peaks.items())],
         }
-    if report.throughput:
+    if report.throughput and "throughput" in sections:
         t = report.throughput
         doc["throughput"] = {
             "points": [{"batch": p.batch, "step_seconds": p.step_seconds, "samples_per_second": p.samples_per_second,
@@ -42,15 +47,15 @@ def to_json(report: Report) -> dict:
                     "method": "estimated: weighted least squares T(B) = alpha + beta*B"},
             "stopped_early": t.stopped_early, "method": t.method, "seconds": t.seconds,
         }
-    if report.noise:
+    if report.noise and "noise" in sections:
         n = report.noise
         doc["noise"] = {
             "b_simple": n.scale.b_simple, "ci95": list(n.scale.ci95), "grad_sq_norm": n.scale.grad_sq_norm,
             "trace_sigma": n.scale.trace_sigma, "batch_size": n.batch_size, "micro_batch": n.micro_batch,
             "snapshots": n.scale.snapshots, "warmup_steps": n.warmup_steps, "preconditioned": n.preconditioned,
-            "method": n.method, "seconds": n.seconds,
+            "resolved": n.scale.resolved, "method": n.method, "seconds": n.seconds,
         }
-    if report.recommendation:
+    if report.recommendation and "recommendation" in sections:
         r = report.recommendation
         doc["recommendation"] = {
             "batch_size": r.plan.batch_size, "micro_batch": r.plan.micro_batch,
@@ -64,7 +69,18 @@ def to_json(report: Report) -> dict:
         doc["candidates"] = candidates(report)
     doc["notes"] = report.notes
     doc["seconds"] = report.seconds
-    return doc
+    return _finite(doc)
+
+
+def _finite(value):
+    """JSON has no infinity: an unbounded figure (an unresolved noise scale) is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def candidates(report: Report) -> list[dict]:
@@ -96,8 +112,8 @@ def candidates(report: Report) -> list[dict]:
     return rows
 
 
-def render(report: Report, console: Console) -> None:
-    doc = to_json(report)
+def render(report: Report, console: Console, sections: tuple[str, ...] | None = None) -> None:
+    doc = to_json(report, sections)
     if "memory" in doc:
         console.print(_memory_table(doc["memory"]))
     if "recommendation" in doc:
@@ -150,8 +166,8 @@ def _candidates_table(doc: dict) -> Table:
 
 def _noise_table(n: dict) -> Table:
     table = Table(title="Gradient noise scale", show_header=False, title_justify="left")
-    lo, hi = n["ci95"]
-    table.add_row("B_simple", f"{n['b_simple']:.4g}", f"95% interval [{lo:.4g}, {hi:.4g}]")
+    lo, hi = (_number(x) for x in n["ci95"])
+    table.add_row("B_simple", _number(n["b_simple"]), f"95% interval [{lo}, {hi}]")
     table.add_row("|G|^2", f"{n['grad_sq_norm']:.4g}", "preconditioned (Adam)" if n["preconditioned"] else "raw")
     table.add_row("tr(Sigma)", f"{n['trace_sigma']:.4g}", n["method"])
     return table
@@ -166,6 +182,10 @@ def _recommendation_table(r: dict) -> Table:
     for reason in r["reasons"]:
         table.add_row("why", reason, "")
     return table
+
+
+def _number(x: float | None) -> str:
+    return "unbounded" if x is None else f"{x:.4g}"
 
 
 def _seconds(s: float) -> str:

@@ -3,8 +3,8 @@
 After `warmup_steps` ordinary training steps (the noise at initialisation is atypical), each snapshot
 draws B = k·b examples, takes the k micro-batch gradients without moving the weights, records s̄ and
 S, then trains one step on their mean so the next snapshot sees new weights. For Adam-family
-optimizers the gradients are preconditioned (divided by √v̂ + ε) once v̂ exists, since that is the
-geometry the optimizer steps in.
+optimizers the gradients are preconditioned (divided by √v̂ + ε) when v̂ exists after the warm-up,
+since that is the geometry the optimizer steps in; with no warm-up every snapshot stays raw.
 """
 
 import math
@@ -46,10 +46,11 @@ def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batc
     for step in range(warmup_steps):
         loss = train_step(model, opt, spec.loss, move_batch(spec.batch(warmup_batch), backend.device))
         _check_finite(loss.item(), f"loss at warm-up step {step + 1} of the noise probe")
-    results, preconditioned = [], False
+    # One geometry for every snapshot: preconditioned only if v̂ already exists at the first one.
+    preconditioned = any(_adam_preconditioner(opt, p) is not None for p in params)
+    results = []
     for snap in range(snapshots):
-        scales = [_adam_preconditioner(opt, p) for p in params]
-        preconditioned = preconditioned or any(s is not None for s in scales)
+        scales = [_adam_preconditioner(opt, p) if preconditioned else None for p in params]
         raw_sum, mean_small_sq, big_sq = _micro_batch_gradients(spec, model, params, scales, backend,
                                                                 spec.batch(big), micro, snap)
         results.append(two_batch_estimates(mean_small_sq, big_sq, micro, big))

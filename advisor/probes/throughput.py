@@ -3,9 +3,9 @@
 Each size starts from the same saved model and optimizer state, draws one batch (data loading is not
 the step), runs warm-up steps that are not timed, then times several steps and keeps the median.
 The optimizer's share of a step is timed apart: it is paid once per optimizer step, so it is what
-gradient accumulation amortises. Growing stops early once a step takes longer than
-`max_step_seconds` (or would, by the line through the last two points); larger batches are then
-predicted by the fit, and the report says so.
+gradient accumulation amortises. Past the first `minimum_points` sizes, growing stops once a step
+takes longer than `max_step_seconds` (or would, by the line through the last two points); larger
+batches are then predicted by the fit, and the report says so.
 """
 
 import math
@@ -41,17 +41,17 @@ class ThroughputResult:
 
 
 def geometric_batches(largest: int, minimum_points: int = 5) -> list[int]:
-    """Powers of two up to `largest`, and `largest` itself; denser when that gives too few points."""
+    """Powers of two up to `largest`, and `largest` itself; small integers fill in when that gives
+    fewer than `minimum_points`."""
     sizes = {2**i for i in range(int(math.log2(largest)) + 1)} | {largest}
-    if len(sizes) < minimum_points:
-        n = min(minimum_points, largest)
-        sizes = {round(largest ** (i / (n - 1))) for i in range(n)} if n > 1 else {1}
-        sizes |= set(range(1, min(largest, minimum_points) + 1)) if len(sizes) < n else set()
+    filler = iter(range(1, largest + 1))
+    while len(sizes) < min(minimum_points, largest):
+        sizes.add(next(filler))
     return sorted(sizes)
 
 
 def measure_throughput(spec: ModelSpec, backend: Backend, batch_sizes: list[int], warmup_steps: int = 1,
-                       timed_steps: int = 5, max_step_seconds: float = 1.0, seed: int = 0,
+                       timed_steps: int = 5, max_step_seconds: float = 1.0, minimum_points: int = 5, seed: int = 0,
                        progress=lambda done, total: None) -> ThroughputResult:
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -64,7 +64,7 @@ def measure_throughput(spec: ModelSpec, backend: Backend, batch_sizes: list[int]
         saved.restore()
         points.append(_time_batch(spec, backend, model, opt, size, warmup_steps, timed_steps))
         progress(n + 1, len(sizes))
-        if n + 1 < len(sizes):
+        if minimum_points <= n + 1 < len(sizes):
             stopped = _too_slow(points, sizes[n + 1], max_step_seconds)
             if stopped:
                 break
