@@ -61,7 +61,8 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
 def max_batch_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOpt = None, margin: MarginOpt = 0.1,
                       seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
     """The largest batch whose steady-state training step fits the memory budget."""
-    _run(model, device, json_out, lambda advisor: advisor.memory(), memory=memory, margin=margin, seed=seed)
+    _run(model, device, json_out, lambda advisor: advisor.memory(), sections=("memory",), memory=memory,
+         margin=margin, seed=seed)
 
 
 @app.command("noise")
@@ -73,8 +74,8 @@ def noise_command(model: Model, device: DeviceOpt = "auto",
                   base_batch: BaseBatchOpt = None, memory: MemoryOpt = None, seed: SeedOpt = 0,
                   json_out: JsonOpt = False) -> None:
     """The gradient noise scale B_simple (McCandlish et al. 2018) with a 95% interval."""
-    _run(model, device, json_out, lambda advisor: advisor.noise(), noise_batch=batch_size, base_batch=base_batch,
-         noise_warmup_steps=noise_warmup_steps, noise_snapshots=snapshots, memory=memory, seed=seed)
+    _run(model, device, json_out, lambda advisor: advisor.noise(), sections=("noise",), noise_batch=batch_size,
+         base_batch=base_batch, noise_warmup_steps=noise_warmup_steps, noise_snapshots=snapshots, memory=memory, seed=seed)
 
 
 @app.command("throughput")
@@ -85,11 +86,11 @@ def throughput_command(model: Model, device: DeviceOpt = "auto",
                        memory: MemoryOpt = None, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
                        json_out: JsonOpt = False) -> None:
     """Seconds per training step against batch size."""
-    _run(model, device, json_out, lambda advisor: advisor.throughput(), batch_sizes=batch_sizes, memory=memory,
-         max_step_seconds=max_step_seconds, seed=seed)
+    _run(model, device, json_out, lambda advisor: advisor.throughput(), sections=("throughput",),
+         batch_sizes=batch_sizes, memory=memory, max_step_seconds=max_step_seconds, seed=seed)
 
 
-def _run(model: str, device: str, json_out: bool, probe, **flags) -> None:
+def _run(model: str, device: str, json_out: bool, probe, sections: tuple[str, ...] | None = None, **flags) -> None:
     """Load, probe, render; every expected failure becomes one line on stderr and its exit code."""
     err = Console(stderr=True)
     try:
@@ -108,9 +109,9 @@ def _run(model: str, device: str, json_out: bool, probe, **flags) -> None:
         for note in report.notes:
             err.print(f"note: {note}", highlight=False)
         if json_out:
-            sys.stdout.write(json.dumps(to_json(report), indent=2, allow_nan=False) + "\n")
+            sys.stdout.write(json.dumps(to_json(report, sections), indent=2, allow_nan=False) + "\n")
         else:
-            render(report, Console())
+            render(report, Console(), sections)
     except AdvisorError as exc:
         err.print(f"bsadvisor: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code)
@@ -123,34 +124,53 @@ def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | 
               base_lr: float | None = None, noise_warmup_steps: int = 10, noise_batch: int | None = None,
               noise_snapshots: int = 32, batch_sizes: str | None = None, max_step_seconds: float = 1.0,
               seed: int = 0):
+    """The flags, checked: each problem is a BadInput that names the flag, the value and what is expected."""
     from advisor.pipeline import Settings
     from advisor.units import parse_size
 
-    if not 0 <= margin < 1:
-        raise BadInput(f"--margin must be in [0, 1), got {margin}")
+    memory_bytes = None
+    if memory is not None:
+        try:
+            memory_bytes = parse_size(memory)
+        except BadInput as exc:
+            raise BadInput(f"--memory: {exc}") from None
+    if not 0 <= margin < 1:  # false for NaN too
+        raise BadInput(f"--margin must be a fraction in [0, 1), got {margin}")
     for flag, value in (("--base-batch", base_batch), ("--batch-size", noise_batch), ("--snapshots", noise_snapshots)):
         if value is not None and value < 1:
             raise BadInput(f"{flag} must be a positive integer, got {value}")
+    if noise_batch is not None and noise_batch < 2:
+        raise BadInput(f"--batch-size must be at least 2 (the noise scale compares micro-batches), got {noise_batch}")
     if noise_warmup_steps < 0:
         raise BadInput(f"--noise-warmup-steps must be 0 or more, got {noise_warmup_steps}")
     if base_lr is not None and not (math.isfinite(base_lr) and base_lr > 0):
         raise BadInput(f"--base-lr must be a positive number, got {base_lr}")
     if not (math.isfinite(max_step_seconds) and max_step_seconds > 0):
-        raise BadInput(f"--max-step-seconds must be positive, got {max_step_seconds}")
+        raise BadInput(f"--max-step-seconds must be a positive number of seconds, got {max_step_seconds}")
+    if not 0 <= seed < 2**64:
+        raise BadInput(f"--seed must be an integer in [0, 2**64), got {seed}")
     return Settings(
-        memory_bytes=parse_size(memory) if memory is not None else None, margin=margin, base_batch=base_batch,
+        memory_bytes=memory_bytes, margin=margin, base_batch=base_batch,
         base_lr=base_lr, noise_warmup_steps=noise_warmup_steps, noise_batch=noise_batch,
-        noise_snapshots=noise_snapshots, batch_sizes=_batch_list(batch_sizes) if batch_sizes else None,
+        noise_snapshots=noise_snapshots, batch_sizes=_batch_list(batch_sizes) if batch_sizes is not None else None,
         max_step_seconds=max_step_seconds, seed=seed)
 
 
 def _batch_list(text: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise BadInput(f"--batch-sizes {text!r}: expected comma-separated positive integers like 8,16,64") from None
-    if not sizes or min(sizes) < 1:
-        raise BadInput(f"--batch-sizes {text!r}: expected comma-separated positive integers like 8,16,64")
+    """'8,16,64' -> [8, 16, 64]: positive integers, separated by commas (spaces and a trailing comma allowed)."""
+    shown = repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
+    expected = "expected comma-separated positive integers like 8,16,64"
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise BadInput(f"--batch-sizes {shown}: no batch size given; {expected}")
+    for part in parts:
+        if not (part.isascii() and part.isdigit()):
+            raise BadInput(f"--batch-sizes {shown}: {part[:20]!r} is not a positive integer; {expected}")
+        if len(part) > 18:
+            raise BadInput(f"--batch-sizes {shown}: {part[:20]!r} is far too large a batch")
+    sizes = [int(part) for part in parts]
+    if min(sizes) < 1:
+        raise BadInput(f"--batch-sizes {shown}: batch sizes must be at least 1; {expected}")
     return sizes
 
 

@@ -67,15 +67,16 @@ def resolve_device(name: str) -> Backend:
     """`auto` | `cpu` | `cuda` | `cuda:N` -> a Backend, or a clear error (exit 2 or 3)."""
     match = _DEVICE.match((name or "").strip().lower())
     if not match:
-        raise BadInput(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N")
+        raise BadInput(f"--device {name!r}: unknown device; expected auto, cpu, cuda or cuda:N")
     kind, index = match.group(1), match.group(2)
     if kind == "cpu":
         return Backend(torch.device("cpu"))
     if kind == "auto" and not torch.cuda.is_available():
         return Backend(torch.device("cpu"), note="no CUDA device found: measuring on the CPU")
     if not torch.cuda.is_available():
-        raise DeviceUnavailable(f"--device {name}: CUDA is not available on this machine "
-                                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+        why = (f"this torch ({torch.__version__}) is built without CUDA" if torch.version.cuda is None
+               else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU or driver")
+        raise DeviceUnavailable(f"--device {name}: CUDA is not available on this machine: {why}; use --device cpu")
     count = torch.cuda.device_count()
     i = int(index or 0)
     if i >= count:

@@ -4,6 +4,7 @@ Everything that can go wrong in the user's file becomes a BadInput naming the fi
 so the CLI prints one line and exits 2; nothing here lets a user's traceback through.
 """
 
+import importlib.machinery
 import importlib.util
 import math
 import sys
@@ -13,7 +14,8 @@ from typing import Any, Callable
 
 import torch
 
-from advisor.errors import BadInput
+from advisor.errors import AdvisorError, BadInput
+from advisor.memory.oom import is_out_of_memory
 from advisor.step import batch_size_of, default_loss, tensors_in
 
 DEFAULT_BASE_BATCH = 32
@@ -65,20 +67,67 @@ class ModelSpec:
     def _call(self, what: str, fn: Callable, *args):
         try:
             return fn(*args)
-        except (KeyboardInterrupt, SystemExit, MemoryError):
+        except AdvisorError:
+            raise  # already names the file and the problem (the checked loss, a nested spec call)
+        except (KeyboardInterrupt, MemoryError):
             raise
+        except SystemExit as exc:
+            raise self.fail(f"{what} called sys.exit({exc.code!r})") from None
         except Exception as exc:  # the user's code: any failure is bad input, reported in one line
             raise self.fail(f"{what} raised {type(exc).__name__}: {one_line(exc)}") from None
 
 
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+def one_line(exc: BaseException | str) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
     return text[:300] + ("..." if len(text) > 300 else "")
+
+
+class CheckedLoss:
+    """The user's loss (or the default) as every probe calls it: a failure, or a value that is not a
+    differentiable scalar tensor, at any batch size becomes a one-line BadInput naming the file.
+
+    Out-of-memory errors pass through untouched (the probes recover from them), and so does any error
+    raised while a FakeTensorMode traces the step: the memory tracer reports those itself.
+    Finiteness is left to the caller, which has the value on the host when it needs it."""
+
+    def __init__(self, path: Path, fn: Callable[[torch.nn.Module, Any], torch.Tensor], default: bool):
+        self.path, self.fn = path, fn
+        self.what = "the default loss" if default else "loss(model, batch)"
+
+    def __call__(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        try:
+            value = self.fn(model, batch)
+        except (KeyboardInterrupt, MemoryError, AdvisorError):
+            raise
+        except SystemExit as exc:
+            raise BadInput(f"{self.path}: {self.what} called sys.exit({exc.code!r})") from None
+        except Exception as exc:
+            if is_out_of_memory(exc) or _tracing_fake():
+                raise
+            raise BadInput(f"{self.path}: {self.what} raised {type(exc).__name__} at batch "
+                           f"{batch_size_of(batch)}: {one_line(exc)}") from None
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise BadInput(f"{self.path}: {self.what} returned {shape} at batch {batch_size_of(batch)}, "
+                           "expected a scalar tensor (the mean loss over the batch)")
+        if torch.is_grad_enabled() and not value.requires_grad:
+            raise BadInput(f"{self.path}: {self.what} is not differentiable: its value does not depend on "
+                           "the model's parameters (no grad_fn; was it detached or built from .item()?)")
+        return value
+
+
+def _tracing_fake() -> bool:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return any(isinstance(mode, FakeTensorMode) for mode in _get_current_dispatch_mode_stack())
 
 
 def load_spec(path: str | Path) -> ModelSpec:
     """Import the model file (never writing bytecode next to it) and read the contract's names."""
     path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{path}: is a directory; expected a model file (a .py file defining model() and batch(size))")
     if not path.is_file():
         raise BadInput(f"{path}: no such model file")
     module = _import_file(path)
@@ -96,7 +145,7 @@ def load_spec(path: str | Path) -> ModelSpec:
         path=path,
         build_model=found["model"],
         make_batch=found["batch"],
-        loss=found["loss"] or default_loss,
+        loss=CheckedLoss(path, found["loss"] or default_loss, default=found["loss"] is None),
         make_optimizer=found["optimizer"] or (lambda params: torch.optim.AdamW(params, lr=1e-3)),
         base_batch_size=base,
     )
@@ -108,12 +157,17 @@ def _import_file(path: Path):
         source = path.read_bytes()
         compile(source, str(path), "exec")
     except SyntaxError as exc:
-        raise BadInput(f"{path}: not valid Python: {exc.msg} (line {exc.lineno})") from None
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"{path}: cannot read the model file: {one_line(exc)}") from None
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise BadInput(f"{path}: cannot be imported as a Python module (expected a .py file)")
+        where = f" (line {exc.lineno})" if exc.lineno else ""
+        raise BadInput(f"{path}: not valid Python: {one_line(exc.msg)}{where}") from None
+    except ValueError as exc:  # null bytes, on Pythons before 3.11.4
+        raise BadInput(f"{path}: not valid Python: {one_line(exc)}") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read the model file: {exc.strerror or one_line(exc)}") from None
+    except RecursionError:
+        raise BadInput(f"{path}: not valid Python: too deeply nested to compile") from None
+    # Any file name works (model.txt, a script without a suffix): the source loader does not care.
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    module_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     module = importlib.util.module_from_spec(module_spec)
     # Nothing is written next to the user's files: no __pycache__ for it or its siblings.
     sys.dont_write_bytecode = True
@@ -123,8 +177,13 @@ def _import_file(path: Path):
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
-    except (KeyboardInterrupt, SystemExit, MemoryError):
+    except (KeyboardInterrupt, MemoryError):
+        sys.modules.pop(name, None)
         raise
+    except SystemExit as exc:
+        sys.modules.pop(name, None)
+        raise BadInput(f"{path}: importing it called sys.exit({exc.code!r}); guard the training script's code "
+                       "with `if __name__ == \"__main__\":`") from None
     except Exception as exc:
         sys.modules.pop(name, None)
         raise BadInput(f"{path}: importing it raised {type(exc).__name__}: {one_line(exc)}") from None
