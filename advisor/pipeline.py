@@ -58,22 +58,24 @@ class Advisor:
         self._started = time.perf_counter()
         if backend.note:
             self.report.notes.append(backend.note)
-        check_contract(spec)
+        self.smallest = check_contract(spec)  # 2 where batch 1 cannot train (BatchNorm)
 
     def memory(self) -> MemoryResult:
         if self.report.memory is None:
             self.progress("tracing peak memory")(0, 1)
             budget = self.backend.memory_budget(self.settings.memory_bytes)
-            self._tracer = StepTracer(self.spec, fake=True, seed=self.settings.seed)
-            self.report.memory = find_max_batch(self.spec, budget, self.settings.margin, tracer=self._tracer)
+            self._tracer = StepTracer(self.spec, fake=True, seed=self.settings.seed, smallest=self.smallest)
+            self.report.memory = find_max_batch(self.spec, budget, self.settings.margin, tracer=self._tracer,
+                                                smallest=self.smallest)
             if self.report.memory.safe_max_batch < 1:
                 raise BadInput(f"{self.spec.path}: nothing fits once the {self.settings.margin:.0%} margin is kept: "
-                               f"batch 1 needs {self.report.memory.peaks[1]} bytes of {budget.bytes}")
+                               f"batch {self.smallest} needs {self.report.memory.peaks[self.smallest]} bytes "
+                               f"of {budget.bytes}")
         return self.report.memory
 
     def throughput(self) -> ThroughputResult:
         if self.report.throughput is None:
-            sizes = self.settings.batch_sizes or geometric_batches(self.memory().safe_max_batch)
+            sizes = self.settings.batch_sizes or geometric_batches(self.memory().safe_max_batch, self.smallest)
             result = measure_throughput(self.spec, self.backend, sizes, max_step_seconds=self.settings.max_step_seconds,
                                         seed=self.settings.seed, progress=self.progress("timing steps"))
             self.report.throughput = result
@@ -88,11 +90,11 @@ class Advisor:
         if self.report.noise is None:
             base, largest = self.base_batch(), self.memory().safe_max_batch
             batch = self.settings.noise_batch or min(8 * base, largest)
-            if batch < 2:
-                raise ProbeFailed(f"the noise probe needs a batch of at least 2; only {batch} fits")
+            if batch < 2 * self.smallest:
+                raise ProbeFailed(f"the noise probe needs a batch of at least {2 * self.smallest}; only {batch} fits")
             while True:
                 result = measure_noise(
-                    self.spec, self.backend, batch, micro_batches=min(8, batch),
+                    self.spec, self.backend, batch, micro_batches=min(8, batch // self.smallest),
                     snapshots=self.settings.noise_snapshots, warmup_steps=self.settings.noise_warmup_steps,
                     warmup_batch=min(base, batch), seed=self.settings.seed,
                     progress=self.progress(f"measuring gradient noise at batch {batch}"))

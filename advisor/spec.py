@@ -190,8 +190,18 @@ def _import_file(path: Path):
     return module
 
 
-def check_contract(spec: ModelSpec, size: int = 2) -> None:
-    """One real training step at a tiny batch on the CPU: every contract failure surfaces here, named."""
+def check_contract(spec: ModelSpec) -> int:
+    """Real training steps at tiny batches on the CPU: every contract failure surfaces here, named.
+    Returns the smallest batch that trains: 1, or 2 where batch 1 cannot (BatchNorm in training mode)."""
+    _contract_step(spec, 2)
+    try:
+        _contract_step(spec, 1)
+    except BadInput:
+        return 2
+    return 1
+
+
+def _contract_step(spec: ModelSpec, size: int) -> None:
     model = spec.model()
     opt = spec.optimizer(model)
     batch = spec.batch(size)

@@ -145,3 +145,15 @@ def test_geometric_batches_have_at_least_five_sizes_up_to_the_limit():
     assert geometric_batches(3) == [1, 2, 3]
     assert geometric_batches(6) == [1, 2, 3, 4, 6]
     assert geometric_batches(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+
+
+def test_batchnorm_model_starts_at_batch_two(write_model):
+    """BatchNorm1d cannot train on one example: every probe starts at batch 2 instead of failing."""
+    path = write_model(MLP.replace("torch.nn.Linear(20, 64), torch.nn.ReLU()",
+                                   "torch.nn.Linear(20, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU()"))
+    result = invoke("recommend", path, *FAST, "--memory", "16MiB", "--noise-warmup-steps", "2", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert min(p["batch"] for p in doc["memory"]["traced"]) == 2
+    assert doc["throughput"]["points"][0]["batch"] == 2
+    assert doc["noise"]["micro_batch"] >= 2 and doc["recommendation"]["micro_batch"] >= 2

@@ -66,3 +66,9 @@ def test_shared_cache_makes_a_second_budget_cheap():
 def test_affine_fit_through_largest_points():
     fixed, per_sample = affine_fit({1: 9999, 100: 1000 + 100 * 7, 200: 1000 + 200 * 7})
     assert (fixed, per_sample) == (1000, 7)
+
+
+def test_search_can_start_above_one():
+    peak = lambda b: 100 * b  # noqa: E731
+    assert largest_fitting_batch(peak, 1000, smallest=2).max_batch == 10
+    assert largest_fitting_batch(peak, 150, smallest=2).max_batch == 0

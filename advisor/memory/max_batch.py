@@ -29,15 +29,16 @@ class MemoryResult:
 
 
 def find_max_batch(spec: ModelSpec, budget: Budget, margin: float, seed: int = 0,
-                   tracer: StepTracer | None = None) -> MemoryResult:
+                   tracer: StepTracer | None = None, smallest: int = 1) -> MemoryResult:
     started = time.perf_counter()
-    tracer = tracer or StepTracer(spec, fake=True, seed=seed)
+    tracer = tracer or StepTracer(spec, fake=True, seed=seed, smallest=smallest)
     peaks: dict[int, int] = {}
-    full = largest_fitting_batch(tracer.peak, budget.bytes, peaks=peaks)
+    full = largest_fitting_batch(tracer.peak, budget.bytes, peaks=peaks, smallest=smallest)
     if full.max_batch == 0:
-        raise BadInput(f"{spec.path}: nothing fits: a step at batch 1 needs {format_bytes(peaks[1])} "
-                       f"({peaks[1]} bytes) but the budget is {format_bytes(budget.bytes)} ({budget.source})")
-    safe = largest_fitting_batch(tracer.peak, budget.bytes * (1 - margin), peaks=peaks)
+        need = peaks[smallest]
+        raise BadInput(f"{spec.path}: nothing fits: a step at batch {smallest} needs {format_bytes(need)} "
+                       f"({need} bytes) but the budget is {format_bytes(budget.bytes)} ({budget.source})")
+    safe = largest_fitting_batch(tracer.peak, budget.bytes * (1 - margin), peaks=peaks, smallest=smallest)
     fixed, per_sample = affine_fit(peaks)
     method = ("tracked: live tensor bytes of a steady-state step traced under FakeTensorMode" if tracer.fake
               else "tracked: live tensor bytes of real steady-state steps")

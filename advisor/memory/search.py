@@ -13,14 +13,14 @@ SEARCH_LIMIT = 2**24  # batches beyond this are reported as "at least" the limit
 
 @dataclass
 class Search:
-    max_batch: int                     # 0 when even batch 1 does not fit
+    max_batch: int                     # 0 when even the smallest batch does not fit
     peaks: dict[int, int] = field(default_factory=dict)  # every batch evaluated -> its peak bytes
     hit_limit: bool = False
 
 
 def largest_fitting_batch(peak: Callable[[int], int], budget: float, limit: int = SEARCH_LIMIT,
-                          peaks: dict[int, int] | None = None) -> Search:
-    """Largest B in [1, limit] with peak(B) <= budget, assuming peak grows with B.
+                          peaks: dict[int, int] | None = None, smallest: int = 1) -> Search:
+    """Largest B in [smallest, limit] with peak(B) <= budget, assuming peak grows with B.
     `peaks` caches earlier evaluations (it is shared between searches at different budgets)."""
     peaks = {} if peaks is None else peaks
 
@@ -29,10 +29,10 @@ def largest_fitting_batch(peak: Callable[[int], int], budget: float, limit: int 
             peaks[b] = peak(b)
         return peaks[b] <= budget
 
-    if not fits(1):
+    if not fits(smallest):
         return Search(0, peaks)
-    lo, hi = 1, None
-    for b in sorted(peaks):  # earlier evaluations narrow the bracket for free
+    lo, hi = smallest, None
+    for b in sorted(b for b in peaks if b >= smallest):  # earlier evaluations narrow the bracket for free
         if fits(b):
             lo = max(lo, b)
         elif hi is None or b < hi:

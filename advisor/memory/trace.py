@@ -18,10 +18,10 @@ from advisor.step import map_tensors, train_step
 
 
 class StepTracer:
-    def __init__(self, spec: ModelSpec, fake: bool = True, seed: int = 0):
+    def __init__(self, spec: ModelSpec, fake: bool = True, seed: int = 0, smallest: int = 1):
         self.spec, self.fake = spec, fake
         torch.manual_seed(seed)
-        self.example = spec.batch(1)  # the batch's structure: shapes past the first dimension, dtypes
+        self.example = spec.batch(smallest)  # the batch's structure: shapes past the first dimension, dtypes
         self.mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else None
         self.model = spec.model()
         if fake:
@@ -30,7 +30,7 @@ class StepTracer:
         self.tracker = LiveStorageTracker()
         self.tracker.track(self.model.parameters())
         self.tracker.track(self.model.buffers())
-        self.peak(1)  # the first step creates the optimizer's state; every later step is steady-state
+        self.peak(smallest)  # the first step creates the optimizer's state; every later step is steady-state
 
     def peak(self, batch_size: int) -> int:
         """Peak bytes live during one steady-state step at `batch_size`: parameters, buffers,

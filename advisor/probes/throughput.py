@@ -40,12 +40,12 @@ class ThroughputResult:
     seconds: float
 
 
-def geometric_batches(largest: int, minimum_points: int = 5) -> list[int]:
-    """Powers of two up to `largest`, and `largest` itself; small integers fill in when that gives
-    fewer than `minimum_points`."""
-    sizes = {2**i for i in range(int(math.log2(largest)) + 1)} | {largest}
-    filler = iter(range(1, largest + 1))
-    while len(sizes) < min(minimum_points, largest):
+def geometric_batches(largest: int, smallest: int = 1, minimum_points: int = 5) -> list[int]:
+    """`smallest`, the powers of two above it up to `largest`, and `largest` itself; the integers
+    after `smallest` fill in when that gives fewer than `minimum_points`."""
+    sizes = {2**i for i in range(int(math.log2(largest)) + 1) if 2**i > smallest} | {smallest, largest}
+    filler = iter(range(smallest, largest + 1))
+    while len(sizes) < min(minimum_points, largest - smallest + 1):
         sizes.add(next(filler))
     return sorted(sizes)
 
