@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from advisor import __version__
-from advisor.errors import EXIT_INTERRUPTED, AdvisorError, BadInput
+from advisor.errors import EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, AdvisorError, BadInput
 
 app = typer.Typer(
     help="Which batch size and which learning rate: measured memory, throughput and gradient noise.",
@@ -28,6 +28,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON document i
 BaseBatchOpt = Annotated[Optional[int], typer.Option("--base-batch", help="Batch size the learning rate was tuned at "
                                                      "(default: the file's BASE_BATCH_SIZE).")]
 WarmupOpt = Annotated[int, typer.Option("--noise-warmup-steps", help="Training steps before the noise is measured.")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Take the memory budget from a hardware "
+                                                  "profile (a name from `profile list`, or a .json path).")]
 StepLimitOpt = Annotated[float, typer.Option("--max-step-seconds", help="Stop timing larger batches once a step "
                                              "takes longer than this.")]
 
@@ -46,23 +48,98 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 @app.command("recommend")
 def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOpt = None, margin: MarginOpt = 0.1,
-                      base_batch: BaseBatchOpt = None,
+                      profile: ProfileOpt = None, base_batch: BaseBatchOpt = None,
                       base_lr: Annotated[Optional[float], typer.Option("--base-lr", help="Learning rate tuned at "
                                                                        "the base batch (default: the optimizer's).")] = None,
                       noise_warmup_steps: WarmupOpt = 10, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
                       json_out: JsonOpt = False) -> None:
     """The whole advice: largest batch, throughput, gradient noise, batch size and learning rate."""
     _run(model, device, json_out, lambda advisor: advisor.recommendation(), memory=memory, margin=margin,
-         base_batch=base_batch, base_lr=base_lr, noise_warmup_steps=noise_warmup_steps,
+         profile=profile, base_batch=base_batch, base_lr=base_lr, noise_warmup_steps=noise_warmup_steps,
          max_step_seconds=max_step_seconds, seed=seed)
 
 
 @app.command("max-batch")
 def max_batch_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOpt = None, margin: MarginOpt = 0.1,
-                      seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
+                      profile: ProfileOpt = None, seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
     """The largest batch whose steady-state training step fits the memory budget."""
     _run(model, device, json_out, lambda advisor: advisor.memory(), sections=("memory",), memory=memory,
-         margin=margin, seed=seed)
+         margin=margin, profile=profile, seed=seed)
+
+
+@app.command("check")
+def check_command(model: Model,
+                  profile: Annotated[str, typer.Option("--profile", help="The device to check against: a name "
+                                                       "from `profile list`, or a .json path.")],
+                  batch_size: Annotated[int, typer.Option("--batch-size", help="The batch that must fit.")],
+                  margin: MarginOpt = 0.1,
+                  min_max_batch: Annotated[Optional[int], typer.Option("--min-max-batch", help="Also fail when the "
+                                                                       "largest batch that fits drops below this.")] = None,
+                  seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
+    """CI capacity check, no GPU needed: exit 0 when the batch fits the profiled device, 1 when not."""
+    with _guarded():
+        from advisor.capacity import check_capacity
+        from advisor.hardware.profiles import load
+        from advisor.report import check_json, render_check
+        from advisor.spec import load_spec
+
+        _check_flags(margin=margin, batch_size=batch_size, min_max_batch=min_max_batch, seed=seed)
+        result = check_capacity(load_spec(model), load(profile), batch_size, margin, min_max_batch, seed)
+        _emit(check_json(result), json_out, lambda out: render_check(result, out))
+    if not result.passed:
+        raise typer.Exit(EXIT_DOES_NOT_FIT)
+
+
+profile_app = typer.Typer(help="Hardware profiles: the shipped datasheet ones and those measured here.",
+                          no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("list")
+def profile_list_command(json_out: JsonOpt = False) -> None:
+    """The profiles bsadvisor knows: yours (saved here) and the shipped datasheet ones."""
+    with _guarded() as err:
+        from advisor.hardware.profiles import list_profiles
+        from advisor.report import render_profiles
+
+        profiles, problems = list_profiles()
+        for problem in problems:
+            err.print(f"warning: skipped {problem}", highlight=False, markup=False, soft_wrap=True)
+        _emit(profiles, json_out, lambda out: render_profiles(profiles, out))
+
+
+@profile_app.command("show")
+def profile_show_command(name: Annotated[str, typer.Argument(help="A profile name, or a .json path.")],
+                         json_out: JsonOpt = False) -> None:
+    """One profile's fields."""
+    with _guarded():
+        from advisor.hardware.profiles import load
+        from advisor.report import render_profile
+
+        profile = load(name)
+        _emit(profile, json_out, lambda out: render_profile(profile, out))
+
+
+@profile_app.command("save")
+def profile_save_command(name: Annotated[Optional[str], typer.Argument(help="Name to save under (default: "
+                                                                       "from the device's name).")] = None,
+                         directory: Annotated[Optional[str], typer.Option("--dir", help="Where to save (default: "
+                                                                          "$BSADVISOR_HOME/profiles or the user "
+                                                                          "app dir).")] = None,
+                         force: Annotated[bool, typer.Option("--force", help="Overwrite a profile of that "
+                                                             "name.")] = False) -> None:
+    """Measure this machine's device (the GPU, else the CPU host, marked as such) into a profile."""
+    with _guarded() as err:
+        from pathlib import Path
+
+        from advisor.hardware.measure import measure_host_profile
+        from advisor.hardware.profiles import save
+
+        profile = measure_host_profile(name)
+        path = save(profile, Path(directory) if directory else None, force=force)
+        err.print(f"saved {profile['source']} profile of {profile['display_name']} ({profile['device_type']})",
+                  highlight=False)
+        sys.stdout.write(f"{path}\n")
 
 
 @app.command("noise")
@@ -90,10 +167,30 @@ def throughput_command(model: Model, device: DeviceOpt = "auto",
          batch_sizes=batch_sizes, memory=memory, max_step_seconds=max_step_seconds, seed=seed)
 
 
-def _run(model: str, device: str, json_out: bool, probe, sections: tuple[str, ...] | None = None, **flags) -> None:
-    """Load, probe, render; every expected failure becomes one line on stderr and its exit code."""
+@contextlib.contextmanager
+def _guarded():
+    """Every expected failure becomes one line on stderr and its documented exit code."""
     err = Console(stderr=True)
     try:
+        yield err
+    except AdvisorError as exc:
+        err.print(f"bsadvisor: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("bsadvisor: interrupted", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _emit(doc: dict, json_out: bool, render_tables) -> None:
+    if json_out:
+        sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    else:
+        render_tables(Console())
+
+
+def _run(model: str, device: str, json_out: bool, probe, sections: tuple[str, ...] | None = None, **flags) -> None:
+    """Load, probe, render."""
+    with _guarded() as err:
         from advisor.device import resolve_device
         from advisor.pipeline import Advisor
         from advisor.report import render, to_json
@@ -108,23 +205,15 @@ def _run(model: str, device: str, json_out: bool, probe, sections: tuple[str, ..
         report = advisor.finish()
         for note in report.notes:
             err.print(f"note: {note}", highlight=False)
-        if json_out:
-            sys.stdout.write(json.dumps(to_json(report, sections), indent=2, allow_nan=False) + "\n")
-        else:
-            render(report, Console(), sections)
-    except AdvisorError as exc:
-        err.print(f"bsadvisor: error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("bsadvisor: interrupted", highlight=False)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        _emit(to_json(report, sections), json_out, lambda out: render(report, out, sections))
 
 
 def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | None = None,
               base_lr: float | None = None, noise_warmup_steps: int = 10, noise_batch: int | None = None,
               noise_snapshots: int = 32, batch_sizes: str | None = None, max_step_seconds: float = 1.0,
-              seed: int = 0):
+              seed: int = 0, profile: str | None = None):
     """The flags, checked: each problem is a BadInput that names the flag, the value and what is expected."""
+    from advisor.hardware.profiles import load
     from advisor.pipeline import Settings
     from advisor.units import parse_size
 
@@ -153,7 +242,14 @@ def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | 
         memory_bytes=memory_bytes, margin=margin, base_batch=base_batch,
         base_lr=base_lr, noise_warmup_steps=noise_warmup_steps, noise_batch=noise_batch,
         noise_snapshots=noise_snapshots, batch_sizes=_batch_list(batch_sizes) if batch_sizes is not None else None,
-        max_step_seconds=max_step_seconds, seed=seed)
+        max_step_seconds=max_step_seconds, seed=seed, profile=load(profile) if profile is not None else None)
+
+
+def _check_flags(margin: float, batch_size: int, min_max_batch: int | None, seed: int) -> None:
+    _settings(margin=margin, seed=seed)  # the checks `check` shares with the probes
+    for flag, value in (("--batch-size", batch_size), ("--min-max-batch", min_max_batch)):
+        if value is not None and value < 1:
+            raise BadInput(f"{flag} must be a positive integer, got {value}")
 
 
 def _batch_list(text: str) -> list[int]:

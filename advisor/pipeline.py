@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass, field
 
 from advisor.advice import Recommendation, StepTimeFit, fit_step_time, optimizer_family, recommend
-from advisor.device import Backend
+from advisor.capacity import profile_budget
+from advisor.device import Backend, Budget
 from advisor.errors import BadInput, ProbeFailed
 from advisor.memory.max_batch import MemoryResult, find_max_batch
 from advisor.memory.trace import StepTracer
@@ -29,6 +30,7 @@ class Settings:
     batch_sizes: list[int] | None = None
     max_step_seconds: float = 1.0
     seed: int = 0
+    profile: dict | None = None  # a hardware profile whose memory is the budget
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Advisor:
     def memory(self) -> MemoryResult:
         if self.report.memory is None:
             self.progress("tracing peak memory")(0, 1)
-            budget = self.backend.memory_budget(self.settings.memory_bytes)
+            budget = self._budget()
             self._tracer = StepTracer(self.spec, fake=True, seed=self.settings.seed, smallest=self.smallest)
             self.report.memory = find_max_batch(self.spec, budget, self.settings.margin, tracer=self._tracer,
                                                 smallest=self.smallest)
@@ -72,6 +74,14 @@ class Advisor:
                                f"batch {self.smallest} needs {self.report.memory.peaks[self.smallest]} bytes "
                                f"of {budget.bytes}")
         return self.report.memory
+
+    def _budget(self) -> Budget:
+        """The device's free memory, or the profile's usable memory; --memory when smaller."""
+        if self.settings.profile is None:
+            return self.backend.memory_budget(self.settings.memory_bytes)
+        budget = profile_budget(self.settings.profile)
+        limit = self.settings.memory_bytes
+        return Budget(limit, "--memory") if limit is not None and limit < budget.bytes else budget
 
     def throughput(self) -> ThroughputResult:
         if self.report.throughput is None:

@@ -12,6 +12,7 @@ from rich.table import Table
 from advisor import __version__
 from advisor.advice import goodput, make_plan, plan_for_batch, statistical_efficiency
 from advisor.pipeline import Report
+from advisor.hardware.profiles import usable_bytes
 from advisor.units import format_bytes
 
 SCHEMA_VERSION = 1
@@ -192,3 +193,47 @@ def _seconds(s: float) -> str:
     if not math.isfinite(s):
         return "-"
     return f"{s * 1000:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+
+def check_json(check) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION, "fits": check.fits, "passed": check.passed,
+        "batch_size": check.batch_size, "peak_bytes": check.peak_bytes, "budget_bytes": check.budget_bytes,
+        "usable_bytes": check.usable_bytes, "margin": check.margin, "headroom_bytes": check.headroom_bytes,
+        "max_batch": check.max_batch, "min_max_batch": check.min_max_batch, "profile": check.profile,
+        "method": "tracked: live tensor bytes of a steady-state step traced under FakeTensorMode on the CPU; "
+                  "budget from the profile",
+        "seconds": check.seconds,
+    }
+
+
+def render_check(check, console: Console) -> None:
+    verdict = "[bold green]fits[/]" if check.fits else "[bold red]does not fit[/]"
+    table = Table(title=f"Capacity check on {check.profile}: batch {check.batch_size} {verdict}",
+                  show_header=False, title_justify="left")
+    table.add_row("peak of a training step", format_bytes(check.peak_bytes), "tracked (fake-mode trace on the CPU)")
+    table.add_row(f"budget ({check.margin:.0%} margin kept)", format_bytes(check.budget_bytes),
+                  f"from the profile: {format_bytes(check.usable_bytes)} usable")
+    table.add_row("headroom", format_bytes(check.headroom_bytes), "budget - peak")
+    floor = f"; required at least {check.min_max_batch}" if check.min_max_batch is not None else ""
+    table.add_row("largest batch that fits", str(check.max_batch), f"tracked{floor}")
+    console.print(table)
+
+
+def render_profiles(profiles: list[dict], console: Console) -> None:
+    table = Table(title="Hardware profiles", title_justify="left")
+    for column in ("name", "device", "memory", "usable", "source", "where"):
+        table.add_column(column)
+    for p in profiles:
+        table.add_row(p["name"], p["display_name"], format_bytes(p["total_memory_bytes"]),
+                      format_bytes(usable_bytes(p)), p["source"], p["location"])
+    console.print(table)
+
+
+def render_profile(profile: dict, console: Console) -> None:
+    table = Table(title=f"Profile {profile['name']}", show_header=False, title_justify="left")
+    for key in sorted(profile):
+        value = profile[key]
+        shown = format_bytes(value) + f" ({value})" if key.endswith("_bytes") and value is not None else str(value)
+        table.add_row(key, shown)
+    console.print(table)
