@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from advisor import __version__
 from advisor.errors import EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, AdvisorError, BadInput
+from advisor.watchdog import DEFAULT_STEP_TIMEOUT, probe, watching
 
 app = typer.Typer(
     help="Which batch size and which learning rate: measured memory, throughput and gradient noise.",
@@ -28,6 +29,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON document i
 BaseBatchOpt = Annotated[Optional[int], typer.Option("--base-batch", help="Batch size the learning rate was tuned at "
                                                      "(default: the file's BASE_BATCH_SIZE).")]
 WarmupOpt = Annotated[int, typer.Option("--noise-warmup-steps", help="Training steps before the noise is measured.")]
+TimeoutOpt = Annotated[float, typer.Option("--step-timeout", help="Seconds a call into the model file (a step, "
+                                           "batch(), model()) may take before the run ends with exit 4.")]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Take the memory budget from a hardware "
                                                   "profile (a name from `profile list`, or a .json path).")]
 StepLimitOpt = Annotated[float, typer.Option("--max-step-seconds", help="Stop timing larger batches once a step "
@@ -52,19 +55,20 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
                       base_lr: Annotated[Optional[float], typer.Option("--base-lr", help="Learning rate tuned at "
                                                                        "the base batch (default: the optimizer's).")] = None,
                       noise_warmup_steps: WarmupOpt = 10, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
-                      json_out: JsonOpt = False) -> None:
+                      step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, json_out: JsonOpt = False) -> None:
     """The whole advice: largest batch, throughput, gradient noise, batch size and learning rate."""
     _run(model, device, json_out, lambda advisor: advisor.recommendation(), memory=memory, margin=margin,
          profile=profile, base_batch=base_batch, base_lr=base_lr, noise_warmup_steps=noise_warmup_steps,
-         max_step_seconds=max_step_seconds, seed=seed)
+         max_step_seconds=max_step_seconds, seed=seed, step_timeout=step_timeout)
 
 
 @app.command("max-batch")
 def max_batch_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOpt = None, margin: MarginOpt = 0.1,
-                      profile: ProfileOpt = None, seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
+                      profile: ProfileOpt = None, seed: SeedOpt = 0, step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT,
+                      json_out: JsonOpt = False) -> None:
     """The largest batch whose steady-state training step fits the memory budget."""
     _run(model, device, json_out, lambda advisor: advisor.memory(), sections=("memory",), memory=memory,
-         margin=margin, profile=profile, seed=seed)
+         margin=margin, profile=profile, seed=seed, step_timeout=step_timeout)
 
 
 @app.command("check")
@@ -75,7 +79,7 @@ def check_command(model: Model,
                   margin: MarginOpt = 0.1,
                   min_max_batch: Annotated[Optional[int], typer.Option("--min-max-batch", help="Also fail when the "
                                                                        "largest batch that fits drops below this.")] = None,
-                  seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
+                  seed: SeedOpt = 0, step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, json_out: JsonOpt = False) -> None:
     """CI capacity check, no GPU needed: exit 0 when the batch fits the profiled device, 1 when not."""
     with _guarded():
         from advisor.capacity import check_capacity
@@ -83,8 +87,12 @@ def check_command(model: Model,
         from advisor.report import check_json, render_check
         from advisor.spec import load_spec
 
-        _check_flags(margin=margin, batch_size=batch_size, min_max_batch=min_max_batch, seed=seed)
-        result = check_capacity(load_spec(model), load(profile), batch_size, margin, min_max_batch, seed)
+        settings = _settings(margin=margin, seed=seed, step_timeout=step_timeout)
+        for flag, value in (("--batch-size", batch_size), ("--min-max-batch", min_max_batch)):
+            if value is not None and value < 1:
+                raise BadInput(f"{flag} must be a positive integer, got {value}")
+        with watching(settings.step_timeout), probe("capacity check"):
+            result = check_capacity(load_spec(model), load(profile), batch_size, margin, min_max_batch, seed)
         _emit(check_json(result), json_out, lambda out: render_check(result, out))
     if not result.passed:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
@@ -149,10 +157,11 @@ def noise_command(model: Model, device: DeviceOpt = "auto",
                   noise_warmup_steps: WarmupOpt = 10,
                   snapshots: Annotated[int, typer.Option("--snapshots", help="Weight snapshots averaged.")] = 32,
                   base_batch: BaseBatchOpt = None, memory: MemoryOpt = None, seed: SeedOpt = 0,
-                  json_out: JsonOpt = False) -> None:
+                  step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, json_out: JsonOpt = False) -> None:
     """The gradient noise scale B_simple (McCandlish et al. 2018) with a 95% interval."""
     _run(model, device, json_out, lambda advisor: advisor.noise(), sections=("noise",), noise_batch=batch_size,
-         base_batch=base_batch, noise_warmup_steps=noise_warmup_steps, noise_snapshots=snapshots, memory=memory, seed=seed)
+         base_batch=base_batch, noise_warmup_steps=noise_warmup_steps, noise_snapshots=snapshots, memory=memory,
+         seed=seed, step_timeout=step_timeout)
 
 
 @app.command("throughput")
@@ -161,10 +170,11 @@ def throughput_command(model: Model, device: DeviceOpt = "auto",
                                                                           "e.g. 8,16,64 (default: powers of two "
                                                                           "up to the memory limit).")] = None,
                        memory: MemoryOpt = None, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
-                       json_out: JsonOpt = False) -> None:
+                       step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, json_out: JsonOpt = False) -> None:
     """Seconds per training step against batch size."""
     _run(model, device, json_out, lambda advisor: advisor.throughput(), sections=("throughput",),
-         batch_sizes=batch_sizes, memory=memory, max_step_seconds=max_step_seconds, seed=seed)
+         batch_sizes=batch_sizes, memory=memory, max_step_seconds=max_step_seconds, seed=seed,
+         step_timeout=step_timeout)
 
 
 @contextlib.contextmanager
@@ -188,7 +198,7 @@ def _emit(doc: dict, json_out: bool, render_tables) -> None:
         render_tables(Console())
 
 
-def _run(model: str, device: str, json_out: bool, probe, sections: tuple[str, ...] | None = None, **flags) -> None:
+def _run(model: str, device: str, json_out: bool, run_probe, sections: tuple[str, ...] | None = None, **flags) -> None:
     """Load, probe, render."""
     with _guarded() as err:
         from advisor.device import resolve_device
@@ -199,9 +209,9 @@ def _run(model: str, device: str, json_out: bool, probe, sections: tuple[str, ..
         settings = _settings(**flags)
         backend = resolve_device(device)
         spec = load_spec(model)
-        with _progress(err) as progress:
+        with _progress(err) as progress, watching(settings.step_timeout):
             advisor = Advisor(spec, backend, settings, progress)
-            probe(advisor)
+            run_probe(advisor)
         report = advisor.finish()
         for note in report.notes:
             err.print(f"note: {note}", highlight=False)
@@ -211,7 +221,7 @@ def _run(model: str, device: str, json_out: bool, probe, sections: tuple[str, ..
 def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | None = None,
               base_lr: float | None = None, noise_warmup_steps: int = 10, noise_batch: int | None = None,
               noise_snapshots: int = 32, batch_sizes: str | None = None, max_step_seconds: float = 1.0,
-              seed: int = 0, profile: str | None = None):
+              seed: int = 0, profile: str | None = None, step_timeout: float = DEFAULT_STEP_TIMEOUT):
     """The flags, checked: each problem is a BadInput that names the flag, the value and what is expected."""
     from advisor.hardware.profiles import load
     from advisor.pipeline import Settings
@@ -236,20 +246,16 @@ def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | 
         raise BadInput(f"--base-lr must be a positive number, got {base_lr}")
     if not (math.isfinite(max_step_seconds) and max_step_seconds > 0):
         raise BadInput(f"--max-step-seconds must be a positive number of seconds, got {max_step_seconds}")
+    if not (math.isfinite(step_timeout) and step_timeout > 0):
+        raise BadInput(f"--step-timeout must be a positive number of seconds, got {step_timeout}")
     if not 0 <= seed < 2**64:
         raise BadInput(f"--seed must be an integer in [0, 2**64), got {seed}")
     return Settings(
         memory_bytes=memory_bytes, margin=margin, base_batch=base_batch,
         base_lr=base_lr, noise_warmup_steps=noise_warmup_steps, noise_batch=noise_batch,
         noise_snapshots=noise_snapshots, batch_sizes=_batch_list(batch_sizes) if batch_sizes is not None else None,
-        max_step_seconds=max_step_seconds, seed=seed, profile=load(profile) if profile is not None else None)
-
-
-def _check_flags(margin: float, batch_size: int, min_max_batch: int | None, seed: int) -> None:
-    _settings(margin=margin, seed=seed)  # the checks `check` shares with the probes
-    for flag, value in (("--batch-size", batch_size), ("--min-max-batch", min_max_batch)):
-        if value is not None and value < 1:
-            raise BadInput(f"{flag} must be a positive integer, got {value}")
+        max_step_seconds=max_step_seconds, seed=seed, step_timeout=step_timeout,
+        profile=load(profile) if profile is not None else None)
 
 
 def _batch_list(text: str) -> list[int]:

@@ -15,7 +15,9 @@ from advisor.memory.max_batch import MemoryResult, find_max_batch
 from advisor.memory.trace import StepTracer
 from advisor.probes.noise import NoiseResult, measure_noise
 from advisor.probes.throughput import ThroughputResult, geometric_batches, measure_throughput
+from advisor import watchdog
 from advisor.spec import DEFAULT_BASE_BATCH, ModelSpec, check_contract
+from advisor.watchdog import DEFAULT_STEP_TIMEOUT
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Settings:
     batch_sizes: list[int] | None = None
     max_step_seconds: float = 1.0
     seed: int = 0
+    step_timeout: float = DEFAULT_STEP_TIMEOUT
     profile: dict | None = None  # a hardware profile whose memory is the budget
 
 
@@ -60,9 +63,14 @@ class Advisor:
         self._started = time.perf_counter()
         if backend.note:
             self.report.notes.append(backend.note)
-        self.smallest = check_contract(spec)  # 2 where batch 1 cannot train (BatchNorm)
+        with watchdog.probe("contract check"):
+            self.smallest = check_contract(spec)  # 2 where batch 1 cannot train (BatchNorm)
 
     def memory(self) -> MemoryResult:
+        with watchdog.probe("memory trace"):
+            return self._memory()
+
+    def _memory(self) -> MemoryResult:
         if self.report.memory is None:
             self.progress("tracing peak memory")(0, 1)
             budget = self._budget()
@@ -84,6 +92,10 @@ class Advisor:
         return Budget(limit, "--memory") if limit is not None and limit < budget.bytes else budget
 
     def throughput(self) -> ThroughputResult:
+        with watchdog.probe("throughput probe"):
+            return self._throughput()
+
+    def _throughput(self) -> ThroughputResult:
         if self.report.throughput is None:
             sizes = self.settings.batch_sizes or geometric_batches(self.memory().safe_max_batch, self.smallest)
             result = measure_throughput(self.spec, self.backend, sizes, max_step_seconds=self.settings.max_step_seconds,
@@ -95,6 +107,10 @@ class Advisor:
         return self.report.throughput
 
     def noise(self) -> NoiseResult:
+        with watchdog.probe("noise probe"):
+            return self._noise()
+
+    def _noise(self) -> NoiseResult:
         """Measure at 8x the base batch; where noise swamps the gradient (|G|² unresolved), measure
         again at 4x the batch, up to what fits, since a bigger batch averages the noise away."""
         if self.report.noise is None:

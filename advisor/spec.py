@@ -17,6 +17,7 @@ import torch
 from advisor.errors import AdvisorError, BadInput
 from advisor.memory.oom import is_out_of_memory
 from advisor.step import batch_size_of, default_loss, tensors_in
+from advisor.watchdog import beat
 
 DEFAULT_BASE_BATCH = 32
 
@@ -65,6 +66,7 @@ class ModelSpec:
         return batch
 
     def _call(self, what: str, fn: Callable, *args):
+        beat(what)
         try:
             return fn(*args)
         except AdvisorError:
@@ -95,6 +97,7 @@ class CheckedLoss:
         self.what = "the default loss" if default else "loss(model, batch)"
 
     def __call__(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        beat(f"{self.what} at batch {batch_size_of(batch)}")
         try:
             value = self.fn(model, batch)
         except (KeyboardInterrupt, MemoryError, AdvisorError):

@@ -1,0 +1,79 @@
+"""Time limits: a call into the user's code that hangs ends the run, naming the probe and the call.
+
+A hang can sit in C (a deadlock, a stuck driver call) where no Python exception can reach it, so the
+watchdog does not try to interrupt: past the deadline it prints one line and ends the process with
+exit code 4. Probes write no files, so nothing is left half-written. `beat(what)` is called before
+every call into the user's code (model(), batch(), loss, optimizer); it costs a clock read when no
+watchdog runs.
+"""
+
+import contextlib
+import os
+import sys
+import threading
+import time
+
+from advisor.errors import EXIT_PROBE_FAILED
+
+DEFAULT_STEP_TIMEOUT = 300.0
+
+_active: "Watchdog | None" = None
+
+
+class Watchdog:
+    def __init__(self, timeout: float, on_timeout=None):
+        self.timeout = timeout
+        self.on_timeout = on_timeout or _exit_probe_failed
+        self.probe, self.what = "setup", "loading the model file"
+        self._deadline = time.monotonic() + timeout
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="bsadvisor-watchdog", daemon=True)
+
+    def beat(self, what: str) -> None:
+        self.what, self._deadline = what, time.monotonic() + self.timeout
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.timeout / 10)):
+            if time.monotonic() > self._deadline:
+                self.on_timeout(f"{self.probe}: {self.what} did not finish within {self.timeout:g} s "
+                                "(--step-timeout); it hangs, or needs a longer limit")
+                return
+
+
+def _exit_probe_failed(message: str) -> None:
+    sys.stderr.write(f"bsadvisor: error: {message}\n")
+    sys.stderr.flush()
+    os._exit(EXIT_PROBE_FAILED)
+
+
+@contextlib.contextmanager
+def watching(timeout: float, on_timeout=None):
+    """Run the body under a watchdog; beats and probe names inside it go to this one."""
+    global _active
+    dog, previous = Watchdog(timeout, on_timeout), _active
+    _active = dog
+    dog._thread.start()
+    try:
+        yield dog
+    finally:
+        dog._stop.set()
+        _active = previous
+
+
+@contextlib.contextmanager
+def probe(name: str):
+    """Name the probe that the next beats belong to (for the timeout's message)."""
+    dog = _active
+    if dog is None:
+        yield
+        return
+    previous, dog.probe = dog.probe, name
+    try:
+        yield
+    finally:
+        dog.probe = previous
+
+
+def beat(what: str) -> None:
+    if _active is not None:
+        _active.beat(what)
