@@ -33,6 +33,8 @@ TimeoutOpt = Annotated[float, typer.Option("--step-timeout", help="Seconds a cal
                                            "batch(), model()) may take before the run ends with exit 4.")]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Take the memory budget from a hardware "
                                                   "profile (a name from `profile list`, or a .json path).")]
+IsolateOpt = Annotated[bool, typer.Option("--isolate", help="Run the probes in a child process: a crash in the "
+                                           "model file or the driver is reported (exit 4), not fatal.")]
 StepLimitOpt = Annotated[float, typer.Option("--max-step-seconds", help="Stop timing larger batches once a step "
                                              "takes longer than this.")]
 
@@ -55,9 +57,10 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
                       base_lr: Annotated[Optional[float], typer.Option("--base-lr", help="Learning rate tuned at "
                                                                        "the base batch (default: the optimizer's).")] = None,
                       noise_warmup_steps: WarmupOpt = 10, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
-                      step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, json_out: JsonOpt = False) -> None:
+                      step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, isolate: IsolateOpt = False,
+                      json_out: JsonOpt = False) -> None:
     """The whole advice: largest batch, throughput, gradient noise, batch size and learning rate."""
-    _run(model, device, json_out, lambda advisor: advisor.recommendation(), memory=memory, margin=margin,
+    _run(model, device, json_out, "recommendation", isolate=isolate, memory=memory, margin=margin,
          profile=profile, base_batch=base_batch, base_lr=base_lr, noise_warmup_steps=noise_warmup_steps,
          max_step_seconds=max_step_seconds, seed=seed, step_timeout=step_timeout)
 
@@ -65,9 +68,9 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
 @app.command("max-batch")
 def max_batch_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOpt = None, margin: MarginOpt = 0.1,
                       profile: ProfileOpt = None, seed: SeedOpt = 0, step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT,
-                      json_out: JsonOpt = False) -> None:
+                      isolate: IsolateOpt = False, json_out: JsonOpt = False) -> None:
     """The largest batch whose steady-state training step fits the memory budget."""
-    _run(model, device, json_out, lambda advisor: advisor.memory(), sections=("memory",), memory=memory,
+    _run(model, device, json_out, "memory", sections=("memory",), isolate=isolate, memory=memory,
          margin=margin, profile=profile, seed=seed, step_timeout=step_timeout)
 
 
@@ -157,9 +160,10 @@ def noise_command(model: Model, device: DeviceOpt = "auto",
                   noise_warmup_steps: WarmupOpt = 10,
                   snapshots: Annotated[int, typer.Option("--snapshots", help="Weight snapshots averaged.")] = 32,
                   base_batch: BaseBatchOpt = None, memory: MemoryOpt = None, seed: SeedOpt = 0,
-                  step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, json_out: JsonOpt = False) -> None:
+                  step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, isolate: IsolateOpt = False,
+                  json_out: JsonOpt = False) -> None:
     """The gradient noise scale B_simple (McCandlish et al. 2018) with a 95% interval."""
-    _run(model, device, json_out, lambda advisor: advisor.noise(), sections=("noise",), noise_batch=batch_size,
+    _run(model, device, json_out, "noise", sections=("noise",), isolate=isolate, noise_batch=batch_size,
          base_batch=base_batch, noise_warmup_steps=noise_warmup_steps, noise_snapshots=snapshots, memory=memory,
          seed=seed, step_timeout=step_timeout)
 
@@ -170,9 +174,10 @@ def throughput_command(model: Model, device: DeviceOpt = "auto",
                                                                           "e.g. 8,16,64 (default: powers of two "
                                                                           "up to the memory limit).")] = None,
                        memory: MemoryOpt = None, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
-                       step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, json_out: JsonOpt = False) -> None:
+                       step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, isolate: IsolateOpt = False,
+                       json_out: JsonOpt = False) -> None:
     """Seconds per training step against batch size."""
-    _run(model, device, json_out, lambda advisor: advisor.throughput(), sections=("throughput",),
+    _run(model, device, json_out, "throughput", sections=("throughput",), isolate=isolate,
          batch_sizes=batch_sizes, memory=memory, max_step_seconds=max_step_seconds, seed=seed,
          step_timeout=step_timeout)
 
@@ -198,24 +203,25 @@ def _emit(doc: dict, json_out: bool, render_tables) -> None:
         render_tables(Console())
 
 
-def _run(model: str, device: str, json_out: bool, run_probe, sections: tuple[str, ...] | None = None, **flags) -> None:
-    """Load, probe, render."""
+def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tuple[str, ...] | None = None,
+         isolate: bool = False, **flags) -> None:
+    """Load, probe (here, or in a child process with --isolate), render."""
     with _guarded() as err:
-        from advisor.device import resolve_device
-        from advisor.pipeline import Advisor
-        from advisor.report import render, to_json
-        from advisor.spec import load_spec
+        from advisor.report import render_doc, to_json
 
         settings = _settings(**flags)
-        backend = resolve_device(device)
-        spec = load_spec(model)
-        with _progress(err) as progress, watching(settings.step_timeout):
-            advisor = Advisor(spec, backend, settings, progress)
-            run_probe(advisor)
-        report = advisor.finish()
-        for note in report.notes:
+        if isolate:
+            from advisor.isolate import run_isolated
+
+            doc = run_isolated(model, device, settings, probe_name, sections)
+        else:
+            from advisor.pipeline import run_probe
+
+            with _progress(err) as progress, watching(settings.step_timeout):
+                doc = to_json(run_probe(model, device, settings, probe_name, progress), sections)
+        for note in doc["notes"]:
             err.print(f"note: {note}", highlight=False)
-        _emit(to_json(report, sections), json_out, lambda out: render(report, out, sections))
+        _emit(doc, json_out, lambda out: render_doc(doc, out))
 
 
 def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | None = None,

@@ -1,16 +1,23 @@
 """The device as a backend: which device, how to time a step on it, how much memory it offers.
 
 The probes call this and nothing else device-specific, so the same code measures on CPU and CUDA.
+On CUDA, NVML (opened lazily, per call) says how much memory is free, so what other processes hold
+is respected; torch's caching allocator says what a step used.
 """
 
+import contextlib
+import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 
 from advisor.errors import BadInput, DeviceUnavailable
+from advisor.hardware import nvml
+from advisor.memory.tracker import LiveStorageTracker
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
@@ -21,10 +28,19 @@ class Budget:
     source: str  # how it was obtained, shown next to the figure
 
 
+@dataclass
+class Peak:
+    """Peak memory of the work inside `Backend.measuring()`, filled in when it ends."""
+
+    reserved: int = 0   # CUDA: max_memory_reserved (what the device gave the allocator); CPU: tracked bytes
+    allocated: int = 0  # CUDA: max_memory_allocated (tensors); CPU: tracked bytes
+
+
 class Backend:
-    def __init__(self, device: torch.device, note: str | None = None):
+    def __init__(self, device: torch.device, note: str | None = None, nvml_index: int | None = None):
         self.device = device
         self.note = note  # e.g. why `auto` chose the CPU
+        self.nvml_index = (device.index or 0) if nvml_index is None else nvml_index  # NVML's number of this GPU
 
     @property
     def is_cuda(self) -> bool:
@@ -53,14 +69,49 @@ class Backend:
         return begin.elapsed_time(end) / 1000.0
 
     def memory_budget(self, limit_bytes: int | None) -> Budget:
-        """What the device offers a training process now, or the user's --memory when smaller."""
-        if self.is_cuda:
-            offered, source = torch.cuda.mem_get_info(self.device)[0], "CUDA free memory (cudaMemGetInfo)"
-        else:
-            offered, source = host_available_bytes(), "host available memory (/proc/meminfo MemAvailable)"
+        """What the device offers a training process now, or the user's --memory when smaller.
+        On CUDA: free memory plus what this process's allocator already caches (it is ours to reuse)."""
+        free, source = self.free_memory()
+        offered = free + self.reserved_now()
         if limit_bytes is not None and limit_bytes <= offered:
             return Budget(limit_bytes, "--memory")
         return Budget(offered, source)
+
+    def free_memory(self) -> tuple[int, str]:
+        """Bytes free on the device now, and how they were read: on CUDA from NVML (cudaMemGetInfo
+        without it), so that what other processes hold is respected."""
+        if not self.is_cuda:
+            return host_available_bytes(), "host available memory (/proc/meminfo MemAvailable)"
+        try:
+            memory = nvml.gpu_info(self.nvml_index).memory
+        except nvml.NvmlUnavailable as exc:
+            return torch.cuda.mem_get_info(self.device)[0], f"CUDA free memory (cudaMemGetInfo; NVML unavailable: {exc})"
+        return memory.free_bytes, f"NVML free memory ({memory.api})"
+
+    def reserved_now(self) -> int:
+        """Bytes torch's caching allocator holds on the GPU now (0 before CUDA is initialised)."""
+        return torch.cuda.memory_reserved(self.device) if self.is_cuda and torch.cuda.is_initialized() else 0
+
+    @contextlib.contextmanager
+    def measuring(self, resident: Iterable[torch.Tensor] = ()) -> Iterator[Peak]:
+        """The peak memory of the work inside. CUDA: the cache is emptied and the allocator's peak
+        statistics reset first, so max_memory_reserved is this work's own. CPU: exact tracked tensor
+        bytes, counting `resident` (the tensors already live: weights, optimizer state) as the floor."""
+        peak = Peak()
+        if self.is_cuda:
+            self.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield peak
+            self.synchronize()
+            peak.reserved = torch.cuda.max_memory_reserved(self.device)
+            peak.allocated = torch.cuda.max_memory_allocated(self.device)
+            return
+        tracker = LiveStorageTracker()
+        tracker.track(resident)
+        with tracker:
+            yield peak
+        peak.reserved = peak.allocated = tracker.peak_bytes
 
 
 def resolve_device(name: str) -> Backend:
@@ -81,7 +132,38 @@ def resolve_device(name: str) -> Backend:
     i = int(index or 0)
     if i >= count:
         raise DeviceUnavailable(f"--device {name}: no GPU {i}; this machine has {count}")
-    return Backend(torch.device("cuda", i))
+    try:
+        found = nvml_index(i)
+        nvml.gpu_info(found)  # the driver answers for this GPU: its free memory is the budget
+    except nvml.NvmlUnavailable as exc:
+        if kind == "auto":
+            return Backend(torch.device("cpu"), note=f"CUDA is visible but NVML is not ({exc}): measuring on the CPU")
+        raise DeviceUnavailable(f"--device {name}: {exc}") from exc
+    return Backend(torch.device("cuda", i), nvml_index=found)
+
+
+def nvml_index(cuda_index: int) -> int:
+    """NVML's number of torch's CUDA device `cuda_index`. They differ under CUDA_VISIBLE_DEVICES (and
+    CUDA_DEVICE_ORDER), so the GPU is matched by UUID where torch exposes it or CUDA_VISIBLE_DEVICES
+    names one; a number in CUDA_VISIBLE_DEVICES is NVML's; otherwise the numbers are taken as equal."""
+    uuid = str(getattr(torch.cuda.get_device_properties(cuda_index), "uuid", "") or "")
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if not uuid and cuda_index < len(visible):
+        if visible[cuda_index].isdigit():
+            return int(visible[cuda_index])
+        uuid = visible[cuda_index]
+    if uuid:
+        bare = _bare_uuid(uuid)
+        for i, other in enumerate(nvml.gpu_uuids()):
+            if _bare_uuid(other) == bare or (len(bare) < 36 and _bare_uuid(other).startswith(bare)):
+                return i
+    return cuda_index
+
+
+def _bare_uuid(uuid: str) -> str:
+    """NVML writes "GPU-8f3c...", torch the bare UUID; CUDA_VISIBLE_DEVICES accepts a prefix of either."""
+    uuid = uuid.strip().lower()
+    return uuid[4:] if uuid.startswith(("gpu-", "mig-")) else uuid
 
 
 def host_available_bytes() -> int:

@@ -9,14 +9,16 @@ from dataclasses import dataclass, field
 
 from advisor.advice import Recommendation, StepTimeFit, fit_step_time, optimizer_family, recommend
 from advisor.capacity import profile_budget
-from advisor.device import Backend, Budget
+from advisor.device import Backend, Budget, resolve_device
 from advisor.errors import BadInput, ProbeFailed
+from advisor.memory.cuda import RealSteps
 from advisor.memory.max_batch import MemoryResult, find_max_batch
+from advisor.memory.oom import free_device_memory, try_step
 from advisor.memory.trace import StepTracer
 from advisor.probes.noise import NoiseResult, measure_noise
 from advisor.probes.throughput import ThroughputResult, geometric_batches, measure_throughput
 from advisor import watchdog
-from advisor.spec import DEFAULT_BASE_BATCH, ModelSpec, check_contract
+from advisor.spec import DEFAULT_BASE_BATCH, ModelSpec, check_contract, load_spec
 from advisor.watchdog import DEFAULT_STEP_TIMEOUT
 
 
@@ -73,14 +75,21 @@ class Advisor:
     def _memory(self) -> MemoryResult:
         if self.report.memory is None:
             self.progress("tracing peak memory")(0, 1)
-            budget = self._budget()
+            budget = self._budget()  # before this process's first CUDA work: the context is measured against it
             self._tracer = StepTracer(self.spec, fake=True, seed=self.settings.seed, smallest=self.smallest)
+            real = None
+            if self.backend.is_cuda and self.settings.profile is None:  # a profile's budget is another device's
+                real = RealSteps(self.spec, self.backend, seed=self.settings.seed, smallest=self.smallest)
             self.report.memory = find_max_batch(self.spec, budget, self.settings.margin, tracer=self._tracer,
-                                                smallest=self.smallest)
-            if self.report.memory.safe_max_batch < 1:
+                                                smallest=self.smallest, real=real)
+            if real is not None:  # its model and optimizer hold device memory the next probes need
+                del real
+                free_device_memory(self.backend.device)
+            memory = self.report.memory
+            if memory.safe_max_batch < 1:
+                room = int((budget.bytes - memory.context_bytes) * (1 - self.settings.margin))
                 raise BadInput(f"{self.spec.path}: nothing fits once the {self.settings.margin:.0%} margin is kept: "
-                               f"batch {self.smallest} needs {self.report.memory.peaks[self.smallest]} bytes "
-                               f"of {budget.bytes}")
+                               f"batch {self.smallest} needs {memory.peaks[self.smallest]} bytes of {room}")
         return self.report.memory
 
     def _budget(self) -> Budget:
@@ -112,18 +121,28 @@ class Advisor:
 
     def _noise(self) -> NoiseResult:
         """Measure at 8x the base batch; where noise swamps the gradient (|G|² unresolved), measure
-        again at 4x the batch, up to what fits, since a bigger batch averages the noise away."""
+        again at 4x the batch, up to what fits, since a bigger batch averages the noise away. A batch
+        that runs out of memory is halved (each try starts from a fresh model)."""
         if self.report.noise is None:
             base, largest = self.base_batch(), self.memory().safe_max_batch
             batch = self.settings.noise_batch or min(8 * base, largest)
             if batch < 2 * self.smallest:
                 raise ProbeFailed(f"the noise probe needs a batch of at least {2 * self.smallest}; only {batch} fits")
             while True:
-                result = measure_noise(
+                result = try_step(lambda: measure_noise(
                     self.spec, self.backend, batch, micro_batches=min(8, batch // self.smallest),
                     snapshots=self.settings.noise_snapshots, warmup_steps=self.settings.noise_warmup_steps,
                     warmup_batch=min(base, batch), seed=self.settings.seed,
-                    progress=self.progress(f"measuring gradient noise at batch {batch}"))
+                    progress=self.progress(f"measuring gradient noise at batch {batch}")),
+                    self.backend.device, f"the noise probe at batch {batch}")
+                if result is None:  # out of memory: half the batch, and never larger again
+                    if batch // 2 < 2 * self.smallest:
+                        raise ProbeFailed(f"the noise probe runs out of memory on {self.backend.device} "
+                                          f"even at batch {batch}")
+                    self.report.notes.append(f"the noise probe ran out of memory at batch {batch} on "
+                                             f"{self.backend.device}: measuring at batch {batch // 2}")
+                    largest = batch = batch // 2
+                    continue
                 if result.scale.resolved or self.settings.noise_batch or batch >= largest:
                     break
                 self.report.notes.append(f"gradient noise unresolved at batch {batch}: measuring again at a larger batch")
@@ -138,9 +157,12 @@ class Advisor:
         if self.report.recommendation is None:
             throughput, noise = self.throughput(), self.noise()
             optimizer_seconds = min(p.optimizer_seconds for p in throughput.points)
+            limit = self.memory().safe_max_batch
+            if throughput.out_of_memory_at is not None:  # the device has less room now than the memory probe saw
+                limit = min(limit, throughput.out_of_memory_at - 1)
             self.report.recommendation = recommend(
                 self.report.fit, optimizer_seconds, noise.scale.b_simple, self.base_batch(), self.base_lr(),
-                self.family(), self.memory().safe_max_batch)
+                self.family(), limit)
             self._trace_peaks([p.batch for p in throughput.points] +
                               [self.report.recommendation.plan.micro_batch, self.base_batch()])
         return self.report.recommendation
@@ -177,3 +199,16 @@ class Advisor:
     def finish(self) -> Report:
         self.report.seconds = time.perf_counter() - self._started
         return self.report
+
+
+PROBES = ("memory", "throughput", "noise", "recommendation")
+
+
+def run_probe(model: str, device: str, settings: Settings, probe: str, progress=no_progress) -> Report:
+    """One command's work: resolve the device, load the model file, run `probe` (and what it needs)."""
+    if probe not in PROBES:
+        raise ValueError(f"unknown probe {probe!r}")
+    backend = resolve_device(device)
+    advisor = Advisor(load_spec(model), backend, settings, progress)
+    getattr(advisor, probe)()
+    return advisor.finish()

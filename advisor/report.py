@@ -38,6 +38,10 @@ def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
             "bytes_per_sample": m.bytes_per_sample, "fixed_bytes": m.fixed_bytes,
             "at_search_limit": m.at_search_limit, "method": m.method, "seconds": m.seconds,
             "traced": [{"batch": b, "peak_bytes": p} for b, p in sorted(m.peaks.items())],
+            "predicted_max_batch": m.predicted_max_batch, "real_steps": m.real_steps,
+            "context_bytes": m.context_bytes,
+            "measured": [{"batch": b, "out_of_memory": p is None, "reserved_bytes": None if p is None else p[0],
+                          "allocated_bytes": None if p is None else p[1]} for b, p in sorted(m.measured.items())],
         }
     if report.throughput and "throughput" in sections:
         t = report.throughput
@@ -46,7 +50,8 @@ def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
                         "optimizer_seconds": p.optimizer_seconds} for p in t.points],
             "fit": {"alpha_seconds": report.fit.alpha, "beta_seconds_per_sample": report.fit.beta,
                     "method": "estimated: weighted least squares T(B) = alpha + beta*B"},
-            "stopped_early": t.stopped_early, "method": t.method, "seconds": t.seconds,
+            "stopped_early": t.stopped_early, "out_of_memory_at": t.out_of_memory_at, "method": t.method,
+            "seconds": t.seconds,
         }
     if report.noise and "noise" in sections:
         n = report.noise
@@ -114,7 +119,11 @@ def candidates(report: Report) -> list[dict]:
 
 
 def render(report: Report, console: Console, sections: tuple[str, ...] | None = None) -> None:
-    doc = to_json(report, sections)
+    render_doc(to_json(report, sections), console)
+
+
+def render_doc(doc: dict, console: Console) -> None:
+    """The tables, from the JSON document (an --isolate child's report arrives as one)."""
     if "memory" in doc:
         console.print(_memory_table(doc["memory"]))
     if "recommendation" in doc:
@@ -131,8 +140,15 @@ def _memory_table(m: dict) -> Table:
     table = Table(title="Memory", show_header=False, title_justify="left")
     note = " (search limit: at least)" if m["at_search_limit"] else ""
     table.add_row("largest batch that fits", f"{m['max_batch']}{note}", m["method"])
-    table.add_row(f"with {m['margin']:.0%} margin kept free", str(m["safe_max_batch"]), "tracked")
+    if m.get("real_steps"):
+        table.add_row("predicted by the trace", str(m["predicted_max_batch"]),
+                      f"{m['real_steps']} real steps confirmed or corrected it")
+    table.add_row(f"with {m['margin']:.0%} margin kept free", str(m["safe_max_batch"]),
+                  "tracked, scaled by real / traced at the boundary" if m.get("real_steps") else "tracked")
     table.add_row("budget", format_bytes(m["budget_bytes"]), m["budget_source"])
+    if m.get("context_bytes"):
+        table.add_row("CUDA context", format_bytes(m["context_bytes"]), "measured: NVML free before - after, "
+                      "less the allocator's reserve; charged to every real step")
     table.add_row("per example", format_bytes(m["bytes_per_sample"]), "tracked (affine fit of traced peaks)")
     table.add_row("fixed (weights, grads, optimizer)", format_bytes(m["fixed_bytes"]), "tracked (affine fit)")
     return table

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from advisor.errors import AdvisorError, BadInput
-from advisor.memory.oom import is_out_of_memory
+from advisor.memory.oom import is_device_error, is_out_of_memory
 from advisor.step import batch_size_of, default_loss, tensors_in
 from advisor.watchdog import beat
 
@@ -88,8 +88,9 @@ class CheckedLoss:
     """The user's loss (or the default) as every probe calls it: a failure, or a value that is not a
     differentiable scalar tensor, at any batch size becomes a one-line BadInput naming the file.
 
-    Out-of-memory errors pass through untouched (the probes recover from them), and so does any error
-    raised while a FakeTensorMode traces the step: the memory tracer reports those itself.
+    Out-of-memory errors pass through untouched (the probes recover from them), and so do device errors
+    (the probes report them, exit 4) and any error raised while a FakeTensorMode traces the step: the
+    memory tracer reports those itself.
     Finiteness is left to the caller, which has the value on the host when it needs it."""
 
     def __init__(self, path: Path, fn: Callable[[torch.nn.Module, Any], torch.Tensor], default: bool):
@@ -105,7 +106,7 @@ class CheckedLoss:
         except SystemExit as exc:
             raise BadInput(f"{self.path}: {self.what} called sys.exit({exc.code!r})") from None
         except Exception as exc:
-            if is_out_of_memory(exc) or _tracing_fake():
+            if is_out_of_memory(exc) or is_device_error(exc) or _tracing_fake():
                 raise
             raise BadInput(f"{self.path}: {self.what} raised {type(exc).__name__} at batch "
                            f"{batch_size_of(batch)}: {one_line(exc)}") from None

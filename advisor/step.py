@@ -72,14 +72,25 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, batc
 
 
 class SavedState:
-    """A copy of model and optimizer state, so each probe starts where the last one did."""
+    """A copy of model and optimizer state, so each probe starts where the last one did.
+
+    The copy lives on the CPU: on a GPU a second copy of the weights and optimizer state would
+    take the memory the probes measure and search."""
 
     def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer):
         self.model, self.opt = model, opt
-        self.model_state = copy.deepcopy(model.state_dict())
-        self.opt_state = copy.deepcopy(opt.state_dict())
+        self.model_state = _host_copy(model.state_dict())
+        self.opt_state = _host_copy(opt.state_dict())
 
     def restore(self) -> None:
         self.opt.zero_grad(set_to_none=True)
         self.model.load_state_dict(self.model_state)
         self.opt.load_state_dict(self.opt_state)
+
+
+def _host_copy(state: Any) -> Any:
+    """A deep copy of a state dict with every tensor on the CPU (load_state_dict moves them back)."""
+    copied = map_tensors(lambda t: t.detach().to("cpu", copy=True), state)
+    if hasattr(state, "_metadata"):  # a module state dict's versions, which load_state_dict reads
+        copied._metadata = copy.deepcopy(state._metadata)
+    return copied

@@ -124,6 +124,12 @@ def device_count() -> int:
         return int(nv.nvmlDeviceGetCount())
 
 
+def gpu_uuids() -> list[str]:
+    """Every GPU's UUID ("GPU-..."), in NVML's order: to match torch's numbering with NVML's."""
+    with nvml_session() as nv:
+        return [_text(nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i))) for i in range(int(nv.nvmlDeviceGetCount()))]
+
+
 def memory_info(handle: Any) -> GpuMemory:
     """Memory of one device handle (inside a session), v2 where the driver has it.
 

@@ -8,8 +8,13 @@ must not be mistaken for "too big", or the search would silently report a wrong 
 from __future__ import annotations
 
 import gc
+from typing import Callable, TypeVar
 
 import torch
+
+from advisor.errors import ProbeFailed
+
+T = TypeVar("T")
 
 # torch.OutOfMemoryError (recent torch) is torch.cuda.OutOfMemoryError under another name;
 # both are looked up so that any torch >= 2.1 works.
@@ -34,6 +39,45 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return False
     message = str(exc).lower()
     return any(marker in message for marker in _OOM_MARKERS)
+
+
+# Errors of the device itself (not of the user's Python): a sticky CUDA error, a failed library call.
+# torch.AcceleratorError (torch >= 2.8) carries them; older torch raises a RuntimeError with these words.
+_DEVICE_MARKERS = ("cuda error", "cublas_status", "cudnn_status", "cusolver_status", "cufft_", "nccl error",
+                   "device-side assert")
+
+
+def is_device_error(exc: BaseException) -> bool:
+    """Whether `exc` is a device failure other than out-of-memory: not retried, reported (exit 4)."""
+    if is_out_of_memory(exc):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _DEVICE_MARKERS)
+
+
+def try_step(step: Callable[[], T], device: torch.device | str, what: str,
+             restore: Callable[[], None] | None = None) -> T | None:
+    """`step()`'s value, or None when it ran out of memory.
+
+    The one place a probe's step meets out-of-memory: the memory is freed once the `except`
+    block (and with it the traceback holding the failed step's tensors) is left, then `restore()`
+    puts the model and optimizer back, so the next step starts where this one did. Any other
+    device error is a ProbeFailed naming `what` (a sticky CUDA error would fail every retry).
+    """
+    try:
+        return step()
+    except Exception as exc:
+        if is_device_error(exc):
+            text = " ".join(str(exc).split())[:300] or "(no message)"
+            raise ProbeFailed(f"{what}: {type(exc).__name__}: {text}") from None
+        if not is_out_of_memory(exc):
+            raise
+    free_device_memory(device)
+    if restore is not None:
+        restore()
+    return None
 
 
 def free_device_memory(device: torch.device | str) -> None:

@@ -65,6 +65,47 @@ def _next_guess(lo: int, hi: int | None, peaks: dict[int, int], budget: float, l
     return max(lo + 1, min(guess, hi - 1))
 
 
+def confirm_max_batch(predicted: int, fits: Callable[[int], bool], smallest: int = 1, limit: int = SEARCH_LIMIT,
+                      good: int | None = None, bad: int | None = None) -> tuple[int, int]:
+    """The largest batch for which `fits` (a real step) says yes, starting from a predicted boundary,
+    and the number of calls to `fits`. `good` / `bad`: a batch already known to fit / not to fit.
+
+    The prediction is tested where it matters: B must fit and B + 1 must not, two steps when it is
+    right. When it is wrong, strides of 1, 2, 4, ... from B walk to the nearest batch on the other side
+    (a few steps for a prediction off by a few), and bisection between the nearest known-good and
+    known-bad batches closes the bracket: about 2·log2(error) steps. A prediction outside what is
+    already known is bisected at once. Returns (0, steps) when not even `smallest` fits. `fits` is
+    assumed monotone in the batch.
+    """
+    steps = 0
+
+    def real(b: int) -> bool:
+        nonlocal steps
+        steps += 1
+        return fits(b)
+
+    lo = smallest - 1 if good is None else good  # the largest batch known to fit (smallest - 1: none)
+    hi = limit + 1 if bad is None else bad       # the smallest batch known not to fit (limit + 1: none)
+    if hi - lo <= 1:
+        return (lo if lo >= smallest else 0), 0
+    contradicted = (good is not None and predicted < good) or (bad is not None and predicted >= bad)
+    stride = 0 if contradicted else 1            # 0: bisecting
+    b = min(max(predicted, lo + 1), hi - 1) if stride else (lo + hi) // 2
+    up = real(b)
+    lo, hi = (b, hi) if up else (lo, b)
+    while hi - lo > 1:
+        if stride:  # walking away from the prediction until a step lands on the other side
+            b = min(lo + stride, hi - 1) if up else max(hi - stride, lo + 1)
+            stride *= 2
+        else:
+            b = (lo + hi) // 2
+        ok = real(b)
+        lo, hi = (b, hi) if ok else (lo, b)
+        if ok != up:
+            stride = 0
+    return (lo if lo >= smallest else 0), steps
+
+
 def affine_fit(peaks: dict[int, int]) -> tuple[float, float]:
     """(fixed_bytes, bytes_per_sample) through the two largest batches evaluated: the affine part."""
     if len(peaks) < 2:

@@ -5,7 +5,8 @@ the step), runs warm-up steps that are not timed, then times several steps and k
 The optimizer's share of a step is timed apart: it is paid once per optimizer step, so it is what
 gradient accumulation amortises. Past the first `minimum_points` sizes, growing stops once a step
 takes longer than `max_step_seconds` (or would, by the line through the last two points); larger
-batches are then predicted by the fit, and the report says so.
+batches are then predicted by the fit, and the report says so. A size that runs out of memory stops
+the growth there too: its memory is freed, the state restored, and the points so far are kept.
 """
 
 import math
@@ -17,6 +18,7 @@ import torch
 
 from advisor.device import Backend
 from advisor.errors import ProbeFailed
+from advisor.memory.oom import try_step
 from advisor.spec import ModelSpec
 from advisor.step import SavedState, move_batch
 
@@ -38,6 +40,7 @@ class ThroughputResult:
     stopped_early: str | None  # why the larger sizes were not timed, if they were not
     method: str
     seconds: float
+    out_of_memory_at: int | None = None  # the batch whose step ran out of memory, if one did
 
 
 def geometric_batches(largest: int, smallest: int = 1, minimum_points: int = 5) -> list[int]:
@@ -58,11 +61,19 @@ def measure_throughput(spec: ModelSpec, backend: Backend, batch_sizes: list[int]
     model = spec.model().to(backend.device)
     opt = spec.optimizer(model)
     saved = SavedState(model, opt)
-    points, stopped = [], None
+    points, stopped, out_of_memory = [], None, None
     sizes = sorted(set(batch_sizes))
     for n, size in enumerate(sizes):
         saved.restore()
-        points.append(_time_batch(spec, backend, model, opt, size, warmup_steps, timed_steps))
+        point = try_step(lambda: _time_batch(spec, backend, model, opt, size, warmup_steps, timed_steps),
+                         backend.device, f"the throughput probe at batch {size}", restore=saved.restore)
+        if point is None:  # does not fit: larger sizes would not either
+            if not points:
+                raise ProbeFailed(f"the throughput probe runs out of memory on {backend.device} at its smallest "
+                                  f"batch, {size}")
+            stopped, out_of_memory = f"stopped at batch {size}: it ran out of memory on {backend.device}", size
+            break
+        points.append(point)
         progress(n + 1, len(sizes))
         if minimum_points <= n + 1 < len(sizes):
             stopped = _too_slow(points, sizes[n + 1], max_step_seconds)
@@ -70,7 +81,7 @@ def measure_throughput(spec: ModelSpec, backend: Backend, batch_sizes: list[int]
                 break
     saved.restore()
     method = f"{backend.measured_on}: median of {timed_steps} timed steps after {warmup_steps} warm-up"
-    return ThroughputResult(points, stopped, method, time.perf_counter() - started)
+    return ThroughputResult(points, stopped, method, time.perf_counter() - started, out_of_memory)
 
 
 def _too_slow(points: list[ThroughputPoint], next_size: int, limit: float) -> str | None:
