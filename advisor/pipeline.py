@@ -14,7 +14,7 @@ from advisor.errors import BadInput, ProbeFailed
 from advisor.memory.cuda import RealSteps
 from advisor.memory.max_batch import MemoryResult, find_max_batch
 from advisor.memory.oom import free_device_memory, try_step
-from advisor.memory.trace import StepTracer
+from advisor.memory.trace import StepTracer, release_trace_caches
 from advisor.probes.noise import NoiseResult, measure_noise
 from advisor.probes.throughput import ThroughputResult, geometric_batches, measure_throughput
 from advisor import watchdog
@@ -197,6 +197,7 @@ class Advisor:
         return self._opt
 
     def finish(self) -> Report:
+        release_trace_caches()
         self.report.seconds = time.perf_counter() - self._started
         return self.report
 

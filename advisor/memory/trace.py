@@ -79,3 +79,9 @@ def _make_fake(model: torch.nn.Module, mode: FakeTensorMode) -> None:
         for name, b in module._buffers.items():
             if b is not None:
                 module._buffers[name] = twin(b, parameter=False)
+
+
+def release_trace_caches() -> None:
+    """FakeTensorMode's dispatch cache is class-wide and keyed by shapes, so it grows with every new
+    batch size traced; a long-lived process (many runs, the soak) drops it after each run."""
+    FakeTensorMode.cache_clear()
