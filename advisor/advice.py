@@ -4,6 +4,9 @@ Step time T(B) = α + β·B. Statistical efficiency relative to the base batch B
 E(B) = (φ + B₀)/(φ + B) with φ = B_simple, and goodput is B/T(B)·E(B) (Pollux, OSDI'21).
 A batch above the memory limit is reached by accumulating k micro-batches of m: the optimizer step
 (time τ) is paid once, so T = k·(α − τ + β·m) + τ, which is what decides whether accumulation pays.
+On n data-parallel devices the fit is per device (micro-batch m each) and the global batch is n·k·m.
+A cluster plan adds the ring all-reduce of the gradients once per update, 2(n−1)/n · bytes / bandwidth
++ 2(n−1)·latency, with no overlap with the backward pass assumed (an upper bound on the step).
 """
 
 import math
@@ -55,13 +58,15 @@ def statistical_efficiency(batch: float, noise_scale: float, base_batch: int) ->
 
 @dataclass(frozen=True)
 class Plan:
-    micro_batch: int
+    micro_batch: int         # per device
     accumulation_steps: int
-    step_seconds: float  # one optimizer step, all micro-batches included
+    step_seconds: float      # one optimizer step, all micro-batches included
+    devices: int = 1         # data-parallel ranks
 
     @property
     def batch_size(self) -> int:
-        return self.micro_batch * self.accumulation_steps
+        """The global batch: devices × micro-batch × accumulation steps."""
+        return self.devices * self.micro_batch * self.accumulation_steps
 
 
 def plan_seconds(fit: StepTimeFit, optimizer_seconds: float, micro: int, steps: int) -> float:
@@ -74,28 +79,28 @@ def goodput(plan: Plan, noise_scale: float, base_batch: int) -> float:
     return plan.batch_size / plan.step_seconds * statistical_efficiency(plan.batch_size, noise_scale, base_batch)
 
 
-def make_plan(fit: StepTimeFit, optimizer_seconds: float, micro: int, steps: int = 1) -> Plan:
-    return Plan(micro, steps, plan_seconds(fit, optimizer_seconds, micro, steps))
+def make_plan(fit: StepTimeFit, optimizer_seconds: float, micro: int, steps: int = 1, devices: int = 1) -> Plan:
+    return Plan(micro, steps, plan_seconds(fit, optimizer_seconds, micro, steps), devices)
 
 
-def plan_for_batch(fit: StepTimeFit, optimizer_seconds: float, batch: int, max_micro: int) -> Plan:
-    """The fewest accumulation steps that reach about `batch` with micro-batches that fit."""
-    steps = math.ceil(batch / max_micro)
-    return make_plan(fit, optimizer_seconds, math.ceil(batch / steps), steps)
+def plan_for_batch(fit: StepTimeFit, optimizer_seconds: float, batch: int, max_micro: int, devices: int = 1) -> Plan:
+    """The fewest accumulation steps that reach about `batch` (global) with micro-batches that fit."""
+    steps = math.ceil(batch / (max_micro * devices))
+    return make_plan(fit, optimizer_seconds, max(math.ceil(batch / (steps * devices)), 1), steps, devices)
 
 
 def best_plan(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int,
-              max_micro: int, max_accumulation: int = 64) -> Plan:
-    """The micro-batch × accumulation that maximises goodput. For k steps the optimum batch is
-    √(φ·A_k/β) with A_k the batch-independent time of the whole k-step update; on one device
-    k = 1 gives DESIGN's B* = √(φ·α/β), clipped to the memory limit."""
+              max_micro: int, max_accumulation: int = 64, devices: int = 1) -> Plan:
+    """The micro-batch × accumulation that maximises goodput. For k steps on n devices the optimum
+    global batch is √(φ·A_k·n/β) with A_k the batch-independent time of the whole k-step update; on
+    one device k = 1 gives DESIGN's B* = √(φ·α/β), clipped to the memory limit."""
     best, best_value = None, -1.0
     for steps in range(1, max_accumulation + 1):
         fixed = plan_seconds(fit, optimizer_seconds, 0, steps)
-        ideal = max_micro if math.isinf(noise_scale) else min(math.sqrt(noise_scale * fixed / fit.beta) / steps,
-                                                              max_micro)
+        ideal = max_micro if math.isinf(noise_scale) else min(
+            math.sqrt(noise_scale * fixed * devices / fit.beta) / (steps * devices), max_micro)
         for micro in {math.floor(ideal), math.ceil(ideal)}:
-            plan = make_plan(fit, optimizer_seconds, min(max(micro, 1), max_micro), steps)
+            plan = make_plan(fit, optimizer_seconds, min(max(micro, 1), max_micro), steps, devices)
             value = goodput(plan, noise_scale, base_batch)
             if value > best_value * (1 + 1e-12):  # ties go to fewer accumulation steps
                 best, best_value = plan, value
@@ -139,14 +144,18 @@ class Recommendation:
 
 
 def recommend(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int, base_lr: float,
-              family: str, max_micro: int) -> Recommendation:
-    plan = best_plan(fit, optimizer_seconds, noise_scale, base_batch, max_micro)
-    base = plan_for_batch(fit, optimizer_seconds, base_batch, max_micro)
+              family: str, max_micro: int, devices: int = 1) -> Recommendation:
+    plan = best_plan(fit, optimizer_seconds, noise_scale, base_batch, max_micro, devices=devices)
+    base = plan_for_batch(fit, optimizer_seconds, base_batch, max_micro, devices)
     gain = goodput(plan, noise_scale, base_batch) / goodput(base, noise_scale, base_batch)
     factor, rule = learning_rate_factor(noise_scale, base_batch, plan.batch_size, family)
     ideal = math.sqrt(noise_scale * fit.alpha / fit.beta) if fit.alpha > 0 else 0.0
     reasons = [f"goodput B/T(B)*E(B) is highest at batch {plan.batch_size}: "
                f"{gain:.2f}x the goodput of the base batch {base_batch}"]
+    if devices > 1:
+        reasons.append(f"{devices} data-parallel devices: micro-batch {plan.micro_batch} per device x "
+                       f"{plan.accumulation_steps} accumulation steps x {devices} devices = global batch "
+                       f"{plan.batch_size}; the learning rate is for the global batch")
     if plan.accumulation_steps > 1:
         reasons.append(f"the best batch exceeds what fits in memory ({max_micro}): "
                        f"{plan.accumulation_steps} accumulation steps of {plan.micro_batch} pay, "
@@ -165,3 +174,40 @@ def recommend(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, ba
                        f"(Goyal et al. 2017; the length is a rule of thumb)")
     return Recommendation(plan, base_lr * factor, factor, rule, steps, family, base_batch, base_lr,
                           statistical_efficiency(plan.batch_size, noise_scale, base_batch), gain, reasons)
+
+
+def ring_allreduce_seconds(grad_bytes: float, devices: int, bandwidth_gb_per_s: float, latency_us: float) -> float:
+    """A ring all-reduce of `grad_bytes` over `devices`: 2(n−1)/n · bytes / bandwidth + 2(n−1) · latency
+    (reduce-scatter then all-gather, n−1 hops each). Bandwidth in GB/s (10⁹ bytes), latency in µs."""
+    if devices <= 1:
+        return 0.0
+    n = devices
+    return 2 * (n - 1) / n * grad_bytes / (bandwidth_gb_per_s * 1e9) + 2 * (n - 1) * latency_us * 1e-6
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """A prediction for `gpus` devices: the measured per-device step plus the ring all-reduce."""
+    gpus: int
+    profile: str
+    gradient_bytes: int
+    allreduce_seconds: float
+    recommendation: Recommendation
+    method: str
+
+
+def cluster_plan(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int, base_lr: float,
+                 family: str, max_micro: int, gpus: int, grad_bytes: int, bandwidth_gb_per_s: float,
+                 latency_us: float, profile: str, measured_on: str, measured_devices: int = 1) -> ClusterPlan:
+    """The goodput-best plan on `gpus` devices, the all-reduce paid once per optimizer step: it is added
+    to the batch-independent time α and to the once-per-update time τ, so T = k·(α − τ + β·m) + τ + AR."""
+    allreduce = ring_allreduce_seconds(grad_bytes, gpus, bandwidth_gb_per_s, latency_us)
+    with_comm = StepTimeFit(fit.alpha + allreduce, fit.beta)
+    rec = recommend(with_comm, optimizer_seconds + allreduce, noise_scale, base_batch, base_lr, family, max_micro,
+                    devices=gpus)
+    measured = f"{measured_devices} ranks" if measured_devices > 1 else "one device"
+    method = (f"predicted: per-device step time {measured_on} ({measured}) plus a ring all-reduce of "
+              f"{grad_bytes} gradient bytes over {gpus} GPUs from the profile {profile!r}'s interconnect "
+              f"({bandwidth_gb_per_s:g} GB/s, {latency_us:g} us), 2(n-1)/n*bytes/bandwidth + 2(n-1)*latency, "
+              "paid once per update with no overlap with the backward pass assumed")
+    return ClusterPlan(gpus, profile, grad_bytes, allreduce, rec, method)

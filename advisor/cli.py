@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from advisor import __version__
 from advisor.errors import EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, AdvisorError, BadInput
-from advisor.watchdog import DEFAULT_STEP_TIMEOUT, probe, watching
+from advisor.watchdog import DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_STEP_TIMEOUT, probe, watching
 
 app = typer.Typer(
     help="Which batch size and which learning rate: measured memory, throughput and gradient noise.",
@@ -35,6 +35,11 @@ ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Take the m
                                                   "profile (a name from `profile list`, or a .json path).")]
 IsolateOpt = Annotated[bool, typer.Option("--isolate", help="Run the probes in a child process: a crash in the "
                                            "model file or the driver is reported (exit 4), not fatal.")]
+NprocOpt = Annotated[Optional[int], typer.Option("--nproc-per-node", help="Run the probes as a data-parallel "
+                                                 "torch.distributed job of this many local ranks (Gloo on the "
+                                                 "CPU, NCCL on CUDA), as torchrun would.")]
+CollectiveTimeoutOpt = Annotated[float, typer.Option("--collective-timeout", help="Seconds a collective of a "
+                                                     "distributed job may wait before the job ends with exit 4.")]
 StepLimitOpt = Annotated[float, typer.Option("--max-step-seconds", help="Stop timing larger batches once a step "
                                              "takes longer than this.")]
 
@@ -58,11 +63,16 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
                                                                        "the base batch (default: the optimizer's).")] = None,
                       noise_warmup_steps: WarmupOpt = 10, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
                       step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, isolate: IsolateOpt = False,
+                      nproc_per_node: NprocOpt = None, collective_timeout: CollectiveTimeoutOpt = DEFAULT_COLLECTIVE_TIMEOUT,
+                      plan_gpus: Annotated[Optional[int], typer.Option("--plan-gpus", help="Also predict the plan "
+                                                                       "for this many GPUs from --profile's "
+                                                                       "interconnect (a prediction).")] = None,
                       json_out: JsonOpt = False) -> None:
     """The whole advice: largest batch, throughput, gradient noise, batch size and learning rate."""
-    _run(model, device, json_out, "recommendation", isolate=isolate, memory=memory, margin=margin,
-         profile=profile, base_batch=base_batch, base_lr=base_lr, noise_warmup_steps=noise_warmup_steps,
-         max_step_seconds=max_step_seconds, seed=seed, step_timeout=step_timeout)
+    _run(model, device, json_out, "recommendation", isolate=isolate, nproc_per_node=nproc_per_node, memory=memory,
+         margin=margin, profile=profile, base_batch=base_batch, base_lr=base_lr,
+         noise_warmup_steps=noise_warmup_steps, max_step_seconds=max_step_seconds, seed=seed,
+         step_timeout=step_timeout, collective_timeout=collective_timeout, plan_gpus=plan_gpus)
 
 
 @app.command("max-batch")
@@ -161,11 +171,13 @@ def noise_command(model: Model, device: DeviceOpt = "auto",
                   snapshots: Annotated[int, typer.Option("--snapshots", help="Weight snapshots averaged.")] = 32,
                   base_batch: BaseBatchOpt = None, memory: MemoryOpt = None, seed: SeedOpt = 0,
                   step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, isolate: IsolateOpt = False,
+                  nproc_per_node: NprocOpt = None, collective_timeout: CollectiveTimeoutOpt = DEFAULT_COLLECTIVE_TIMEOUT,
                   json_out: JsonOpt = False) -> None:
     """The gradient noise scale B_simple (McCandlish et al. 2018) with a 95% interval."""
-    _run(model, device, json_out, "noise", sections=("noise",), isolate=isolate, noise_batch=batch_size,
-         base_batch=base_batch, noise_warmup_steps=noise_warmup_steps, noise_snapshots=snapshots, memory=memory,
-         seed=seed, step_timeout=step_timeout)
+    _run(model, device, json_out, "noise", sections=("noise",), isolate=isolate, nproc_per_node=nproc_per_node,
+         noise_batch=batch_size, base_batch=base_batch, noise_warmup_steps=noise_warmup_steps,
+         noise_snapshots=snapshots, memory=memory, seed=seed, step_timeout=step_timeout,
+         collective_timeout=collective_timeout)
 
 
 @app.command("throughput")
@@ -175,11 +187,13 @@ def throughput_command(model: Model, device: DeviceOpt = "auto",
                                                                           "up to the memory limit).")] = None,
                        memory: MemoryOpt = None, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
                        step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, isolate: IsolateOpt = False,
+                       nproc_per_node: NprocOpt = None,
+                       collective_timeout: CollectiveTimeoutOpt = DEFAULT_COLLECTIVE_TIMEOUT,
                        json_out: JsonOpt = False) -> None:
-    """Seconds per training step against batch size."""
+    """Seconds per training step against batch size (per device in a distributed job)."""
     _run(model, device, json_out, "throughput", sections=("throughput",), isolate=isolate,
-         batch_sizes=batch_sizes, memory=memory, max_step_seconds=max_step_seconds, seed=seed,
-         step_timeout=step_timeout)
+         nproc_per_node=nproc_per_node, batch_sizes=batch_sizes, memory=memory, max_step_seconds=max_step_seconds,
+         seed=seed, step_timeout=step_timeout, collective_timeout=collective_timeout)
 
 
 @contextlib.contextmanager
@@ -189,7 +203,10 @@ def _guarded():
     try:
         yield err
     except AdvisorError as exc:
-        err.print(f"bsadvisor: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        from advisor.distributed import CollectiveFailed, leave_error
+
+        if not leave_error(exc.exit_code, str(exc), isinstance(exc, CollectiveFailed)):  # a launched rank leaves it for the launcher to say
+            err.print(f"bsadvisor: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("bsadvisor: interrupted", highlight=False)
@@ -204,12 +221,23 @@ def _emit(doc: dict, json_out: bool, render_tables) -> None:
 
 
 def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tuple[str, ...] | None = None,
-         isolate: bool = False, **flags) -> None:
-    """Load, probe (here, or in a child process with --isolate), render."""
+         isolate: bool = False, nproc_per_node: int | None = None, **flags) -> None:
+    """Load, probe (here, in a child process with --isolate, or on N ranks), render (rank 0 only)."""
     with _guarded() as err:
+        from advisor import distributed
         from advisor.report import render_doc, to_json
 
         settings = _settings(**flags)
+        if nproc_per_node is not None and not distributed.in_job():
+            if not 1 <= nproc_per_node <= 1024:
+                raise BadInput(f"--nproc-per-node must be a positive integer, got {nproc_per_node}")
+            if isolate:
+                raise BadInput("--isolate and --nproc-per-node do not combine: the ranks are child processes already")
+            distributed.launch(_without_nproc(sys.argv[1:]), nproc_per_node)
+            return
+        if distributed.in_job():
+            if isolate:
+                raise BadInput("--isolate does not combine with a distributed job")
         if isolate:
             from advisor.isolate import run_isolated
 
@@ -219,15 +247,31 @@ def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tup
 
             with _progress(err) as progress, watching(settings.step_timeout):
                 doc = to_json(run_probe(model, device, settings, probe_name, progress), sections)
+        if distributed.rank() != 0:
+            return
         for note in doc["notes"]:
             err.print(f"note: {note}", highlight=False)
         _emit(doc, json_out, lambda out: render_doc(doc, out))
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The same command for each rank: --nproc-per-node (and its value) removed."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            out.append(arg)
+    return out
+
+
 def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | None = None,
               base_lr: float | None = None, noise_warmup_steps: int = 10, noise_batch: int | None = None,
               noise_snapshots: int = 32, batch_sizes: str | None = None, max_step_seconds: float = 1.0,
-              seed: int = 0, profile: str | None = None, step_timeout: float = DEFAULT_STEP_TIMEOUT):
+              seed: int = 0, profile: str | None = None, step_timeout: float = DEFAULT_STEP_TIMEOUT,
+              collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT, plan_gpus: int | None = None):
     """The flags, checked: each problem is a BadInput that names the flag, the value and what is expected."""
     from advisor.hardware.profiles import load
     from advisor.pipeline import Settings
@@ -254,6 +298,12 @@ def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | 
         raise BadInput(f"--max-step-seconds must be a positive number of seconds, got {max_step_seconds}")
     if not (math.isfinite(step_timeout) and step_timeout > 0):
         raise BadInput(f"--step-timeout must be a positive number of seconds, got {step_timeout}")
+    if not (math.isfinite(collective_timeout) and collective_timeout > 0):
+        raise BadInput(f"--collective-timeout must be a positive number of seconds, got {collective_timeout}")
+    if plan_gpus is not None and plan_gpus < 1:
+        raise BadInput(f"--plan-gpus must be a positive integer, got {plan_gpus}")
+    if plan_gpus is not None and profile is None:
+        raise BadInput("--plan-gpus needs --profile: the interconnect's bandwidth and latency come from it")
     if not 0 <= seed < 2**64:
         raise BadInput(f"--seed must be an integer in [0, 2**64), got {seed}")
     return Settings(
@@ -261,7 +311,8 @@ def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | 
         base_lr=base_lr, noise_warmup_steps=noise_warmup_steps, noise_batch=noise_batch,
         noise_snapshots=noise_snapshots, batch_sizes=_batch_list(batch_sizes) if batch_sizes is not None else None,
         max_step_seconds=max_step_seconds, seed=seed, step_timeout=step_timeout,
-        profile=load(profile) if profile is not None else None)
+        profile=load(profile) if profile is not None else None, collective_timeout=collective_timeout,
+        plan_gpus=plan_gpus)
 
 
 def _batch_list(text: str) -> list[int]:
@@ -284,8 +335,10 @@ def _batch_list(text: str) -> list[int]:
 
 @contextlib.contextmanager
 def _progress(err: Console):
-    """Progress bars on stderr, only when it is a terminal."""
-    if not err.is_terminal:
+    """Progress bars on stderr, only when it is a terminal (and rank 0's, in a distributed job)."""
+    from advisor import distributed
+
+    if not err.is_terminal or distributed.rank() != 0:
         yield lambda stage: (lambda done, total: None)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -142,6 +142,14 @@ def resolve_device(name: str) -> Backend:
     return Backend(torch.device("cuda", i), nvml_index=found)
 
 
+def resolve_rank_device(name: str, local_rank: int) -> Backend:
+    """In a data-parallel job: the device asked for, and on CUDA the GPU of this rank's LOCAL_RANK after it."""
+    backend = resolve_device(name)
+    if not backend.is_cuda or local_rank == 0:
+        return backend
+    return resolve_device(f"cuda:{(backend.device.index or 0) + local_rank}")
+
+
 def nvml_index(cuda_index: int) -> int:
     """NVML's number of torch's CUDA device `cuda_index`. They differ under CUDA_VISIBLE_DEVICES (and
     CUDA_DEVICE_ORDER), so the GPU is matched by UUID where torch exposes it or CUDA_VISIBLE_DEVICES

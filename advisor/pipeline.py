@@ -5,11 +5,13 @@ the `progress` callback and warnings into the report's notes, which the CLI rend
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from advisor.advice import Recommendation, StepTimeFit, fit_step_time, optimizer_family, recommend
+from advisor import distributed
+from advisor.advice import (ClusterPlan, Recommendation, StepTimeFit, cluster_plan, fit_step_time, optimizer_family,
+                            recommend)
 from advisor.capacity import profile_budget
-from advisor.device import Backend, Budget, resolve_device
+from advisor.device import Backend, Budget, resolve_device, resolve_rank_device
 from advisor.errors import BadInput, ProbeFailed
 from advisor.memory.cuda import RealSteps
 from advisor.memory.max_batch import MemoryResult, find_max_batch
@@ -36,6 +38,8 @@ class Settings:
     seed: int = 0
     step_timeout: float = DEFAULT_STEP_TIMEOUT
     profile: dict | None = None  # a hardware profile whose memory is the budget
+    collective_timeout: float = distributed.DEFAULT_COLLECTIVE_TIMEOUT
+    plan_gpus: int | None = None  # predict the step on this many GPUs from the profile's interconnect
 
 
 @dataclass
@@ -48,6 +52,8 @@ class Report:
     fit: StepTimeFit | None = None
     noise: NoiseResult | None = None
     recommendation: Recommendation | None = None
+    cluster: ClusterPlan | None = None
+    devices: int = 1  # ranks of the data-parallel job the probes ran in
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -62,6 +68,7 @@ class Advisor:
     def __init__(self, spec: ModelSpec, backend: Backend, settings: Settings, progress=no_progress):
         self.report = Report(spec, backend, settings)
         self.spec, self.backend, self.settings, self.progress = spec, backend, settings, progress
+        self.devices = self.report.devices = distributed.world()
         self._started = time.perf_counter()
         if backend.note:
             self.report.notes.append(backend.note)
@@ -77,11 +84,17 @@ class Advisor:
             self.progress("tracing peak memory")(0, 1)
             budget = self._budget()  # before this process's first CUDA work: the context is measured against it
             self._tracer = StepTracer(self.spec, fake=True, seed=self.settings.seed, smallest=self.smallest)
+            if distributed.active():  # the fake trace cannot run DDP: its buckets are added, labelled
+                self._tracer = WithBuckets(self._tracer, distributed.bucket_bytes(self._optimizer_model()))
             real = None
             if self.backend.is_cuda and self.settings.profile is None:  # a profile's budget is another device's
                 real = RealSteps(self.spec, self.backend, seed=self.settings.seed, smallest=self.smallest)
             self.report.memory = find_max_batch(self.spec, budget, self.settings.margin, tracer=self._tracer,
                                                 smallest=self.smallest, real=real)
+            if isinstance(self._tracer, WithBuckets):
+                self.report.memory = replace(self.report.memory, method=self.report.memory.method + (
+                    f"; per rank, plus DistributedDataParallel's gradient buckets ({self._tracer.extra} bytes, "
+                    "the gradient bytes of the trained parameters: tracked, not traced)"))
             if real is not None:  # its model and optimizer hold device memory the next probes need
                 del real
                 free_device_memory(self.backend.device)
@@ -95,7 +108,12 @@ class Advisor:
     def _budget(self) -> Budget:
         """The device's free memory, or the profile's usable memory; --memory when smaller."""
         if self.settings.profile is None:
-            return self.backend.memory_budget(self.settings.memory_bytes)
+            budget = self.backend.memory_budget(self.settings.memory_bytes)
+            if distributed.active():  # every rank must find the same batch: the smallest budget counts
+                least = int(distributed.reduce_floats([budget.bytes], "min", "agreeing on the memory budget",
+                                                      self.backend.device)[0])
+                budget = Budget(least, budget.source + ", the least over ranks")
+            return budget
         budget = profile_budget(self.settings.profile)
         limit = self.settings.memory_bytes
         return Budget(limit, "--memory") if limit is not None and limit < budget.bytes else budget
@@ -162,10 +180,25 @@ class Advisor:
                 limit = min(limit, throughput.out_of_memory_at - 1)
             self.report.recommendation = recommend(
                 self.report.fit, optimizer_seconds, noise.scale.b_simple, self.base_batch(), self.base_lr(),
-                self.family(), limit)
+                self.family(), limit, devices=self.devices)
             self._trace_peaks([p.batch for p in throughput.points] +
                               [self.report.recommendation.plan.micro_batch, self.base_batch()])
+            if self.settings.plan_gpus:
+                self._plan_cluster()
         return self.report.recommendation
+
+    def _plan_cluster(self) -> None:
+        """--plan-gpus N: the step on N GPUs predicted from the measured fit and the profile's interconnect."""
+        profile = self.settings.profile
+        bandwidth, latency = profile.get("interconnect_bandwidth_gb_per_s"), profile.get("interconnect_latency_us")
+        if bandwidth is None:
+            raise BadInput(f"--plan-gpus: the profile {profile['name']!r} gives no interconnect_bandwidth_gb_per_s")
+        throughput, noise = self.report.throughput, self.report.noise
+        self.report.cluster = cluster_plan(
+            self.report.fit, min(p.optimizer_seconds for p in throughput.points), noise.scale.b_simple,
+            self.base_batch(), self.base_lr(), self.family(), self.memory().safe_max_batch,
+            self.settings.plan_gpus, distributed.bucket_bytes(self._optimizer_model()), bandwidth, latency or 0.0,
+            profile["name"], self.backend.measured_on, measured_devices=self.devices)
 
     def _trace_peaks(self, sizes: list[int]) -> None:
         """Trace the peak of every batch the report shows (cheap under FakeTensorMode), so none is
@@ -193,8 +226,13 @@ class Advisor:
 
     def _optimizer(self):
         if not hasattr(self, "_opt"):
-            self._opt = self.spec.optimizer(self.spec.model())
+            self._opt = self.spec.optimizer(self._optimizer_model())
         return self._opt
+
+    def _optimizer_model(self):
+        if not hasattr(self, "_model"):
+            self._model = self.spec.model()
+        return self._model
 
     def finish(self) -> Report:
         release_trace_caches()
@@ -209,7 +247,20 @@ def run_probe(model: str, device: str, settings: Settings, probe: str, progress=
     """One command's work: resolve the device, load the model file, run `probe` (and what it needs)."""
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}")
-    backend = resolve_device(device)
-    advisor = Advisor(load_spec(model), backend, settings, progress)
-    getattr(advisor, probe)()
-    return advisor.finish()
+    if settings.plan_gpus and settings.profile is None:
+        raise BadInput("--plan-gpus needs --profile: the interconnect's bandwidth and latency come from it")
+    backend = resolve_rank_device(device, distributed.local_rank()) if distributed.in_job() else resolve_device(device)
+    with distributed.process_group(backend.device, settings.collective_timeout):
+        advisor = Advisor(load_spec(model), backend, settings, progress)
+        getattr(advisor, probe)()
+        return advisor.finish()
+
+
+class WithBuckets:
+    """A tracer whose every peak carries DDP's gradient buckets (`extra` bytes) on top of the traced step."""
+
+    def __init__(self, tracer: StepTracer, extra: int):
+        self.tracer, self.extra, self.fake = tracer, extra, tracer.fake
+
+    def peak(self, batch: int) -> int:
+        return self.tracer.peak(batch) + self.extra

@@ -51,7 +51,7 @@ def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
             "fit": {"alpha_seconds": report.fit.alpha, "beta_seconds_per_sample": report.fit.beta,
                     "method": "estimated: weighted least squares T(B) = alpha + beta*B"},
             "stopped_early": t.stopped_early, "out_of_memory_at": t.out_of_memory_at, "method": t.method,
-            "seconds": t.seconds,
+            "seconds": t.seconds, "devices": report.devices,
         }
     if report.noise and "noise" in sections:
         n = report.noise
@@ -70,9 +70,20 @@ def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
             "optimizer_family": r.optimizer_family, "base_batch": r.base_batch, "base_lr": r.base_lr,
             "statistical_efficiency": r.efficiency, "goodput_vs_base": r.goodput_vs_base,
             "step_seconds": r.plan.step_seconds, "reasons": r.reasons,
+            "devices": r.plan.devices, "global_batch": r.plan.batch_size, "per_device_micro_batch": r.plan.micro_batch,
             "method": "estimated: goodput from the step-time fit and the measured noise scale",
         }
         doc["candidates"] = candidates(report)
+    if report.cluster and "recommendation" in sections:
+        c, r = report.cluster, report.cluster.recommendation
+        doc["plan"] = {
+            "gpus": c.gpus, "profile": c.profile, "gradient_bytes": c.gradient_bytes,
+            "allreduce_seconds": c.allreduce_seconds, "per_device_micro_batch": r.plan.micro_batch,
+            "accumulation_steps": r.plan.accumulation_steps, "global_batch": r.plan.batch_size,
+            "step_seconds": r.plan.step_seconds, "samples_per_second": r.plan.batch_size / r.plan.step_seconds,
+            "learning_rate": r.learning_rate, "lr_factor": r.lr_factor, "warmup_steps": r.warmup_steps,
+            "goodput_vs_base": r.goodput_vs_base, "method": c.method,
+        }
     doc["notes"] = report.notes
     doc["seconds"] = report.seconds
     return _finite(doc)
@@ -95,18 +106,21 @@ def candidates(report: Report) -> list[dict]:
     m, fit, rec = report.memory, report.fit, report.recommendation
     phi, base = report.noise.scale.b_simple, rec.base_batch
     optimizer_seconds = min(p.optimizer_seconds for p in report.throughput.points)
-    timed = {p.batch: p for p in report.throughput.points}
-    sizes = sorted(set(timed) | set(report.settings.batch_sizes or []) | {base, rec.plan.batch_size, m.safe_max_batch})
-    base_goodput = goodput(plan_for_batch(fit, optimizer_seconds, base, m.safe_max_batch), phi, base)
+    n = rec.plan.devices  # batches here are global: n devices x micro-batch x accumulation
+    timed = {n * p.batch: p for p in report.throughput.points}
+    sizes = sorted(set(timed) | {n * b for b in report.settings.batch_sizes or []}
+                   | {base, rec.plan.batch_size, n * m.safe_max_batch})
+    base_goodput = goodput(plan_for_batch(fit, optimizer_seconds, base, m.safe_max_batch, n), phi, base)
     rows = []
     for size in sizes:
         plan = rec.plan if size == rec.plan.batch_size else (
-            make_plan(fit, optimizer_seconds, size) if size <= m.safe_max_batch
-            else plan_for_batch(fit, optimizer_seconds, size, m.safe_max_batch))
+            make_plan(fit, optimizer_seconds, size // n, 1, n) if size <= n * m.safe_max_batch and size % n == 0
+            else plan_for_batch(fit, optimizer_seconds, size, m.safe_max_batch, n))
         measured = size in timed and plan.accumulation_steps == 1
         seconds = timed[size].step_seconds if measured else plan.step_seconds
         rows.append({
             "batch": size, "micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
+            "devices": n,
             "peak_bytes": m.peak_at(plan.micro_batch),
             "peak_source": "tracked" if plan.micro_batch in m.peaks else "estimated",
             "step_seconds": seconds, "step_source": "measured" if measured else "estimated",
@@ -134,6 +148,8 @@ def render_doc(doc: dict, console: Console) -> None:
         console.print(_noise_table(doc["noise"]))
     if "recommendation" in doc:
         console.print(_recommendation_table(doc["recommendation"]))
+    if "plan" in doc:
+        console.print(_plan_table(doc["plan"]))
 
 
 def _memory_table(m: dict) -> Table:
@@ -190,9 +206,22 @@ def _noise_table(n: dict) -> Table:
     return table
 
 
+def _plan_table(p: dict) -> Table:
+    table = Table(title=f"Plan for {p['gpus']} GPUs ({p['profile']}): a prediction", show_header=False,
+                  title_justify="left")
+    table.add_row("batch size", f"{p['global_batch']} = {p['gpus']} x {p['per_device_micro_batch']} x "
+                  f"{p['accumulation_steps']} accumulation", "predicted")
+    table.add_row("step time", f"{p['step_seconds']:.4g} s", f"all-reduce {p['allreduce_seconds']:.3g} s included")
+    table.add_row("learning rate", f"{p['learning_rate']:.4g}", f"x{p['lr_factor']:.3g}")
+    table.add_row("how", p["method"], "")
+    return table
+
+
 def _recommendation_table(r: dict) -> Table:
     table = Table(title="Recommendation", show_header=False, title_justify="left")
-    table.add_row("batch size", f"{r['batch_size']} = {r['micro_batch']} x {r['accumulation_steps']} accumulation",
+    devices = r.get("devices", 1)
+    per = f"{devices} devices x " if devices > 1 else ""
+    table.add_row("batch size", f"{r['batch_size']} = {per}{r['micro_batch']} x {r['accumulation_steps']} accumulation",
                   r["method"])
     table.add_row("learning rate", f"{r['learning_rate']:.4g}", f"{r['lr_factor']:.3g} x {r['base_lr']:.3g}: {r['lr_rule']}")
     table.add_row("warm-up steps", str(r["warmup_steps"]), "rule of thumb" if r["warmup_steps"] else "not needed")

@@ -16,6 +16,7 @@ import time
 from advisor.errors import EXIT_PROBE_FAILED
 
 DEFAULT_STEP_TIMEOUT = 300.0
+DEFAULT_COLLECTIVE_TIMEOUT = 120.0  # a collective of a distributed job (advisor.distributed)
 
 _active: "Watchdog | None" = None
 
@@ -41,8 +42,12 @@ class Watchdog:
 
 
 def _exit_probe_failed(message: str) -> None:
-    sys.stderr.write(f"bsadvisor: error: {message}\n")
-    sys.stderr.flush()
+    left = False
+    if "advisor.distributed" in sys.modules:  # a launched rank leaves its error for the launcher to say
+        left = sys.modules["advisor.distributed"].leave_error(EXIT_PROBE_FAILED, message)
+    if not left:
+        sys.stderr.write(f"bsadvisor: error: {message}\n")
+        sys.stderr.flush()
     os._exit(EXIT_PROBE_FAILED)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from advisor import distributed
 from advisor.device import Backend
 from advisor.errors import ProbeFailed
 from advisor.memory.oom import try_step
@@ -61,12 +62,17 @@ def measure_throughput(spec: ModelSpec, backend: Backend, batch_sizes: list[int]
     model = spec.model().to(backend.device)
     opt = spec.optimizer(model)
     saved = SavedState(model, opt)
+    ranks = distributed.world()
+    trained = distributed.wrap(model, backend.device)  # DDP in a job: its step is the one timed
+    if distributed.active():
+        torch.manual_seed(seed + 1 + distributed.rank())  # each rank its own batches
     points, stopped, out_of_memory = [], None, None
     sizes = sorted(set(batch_sizes))
     for n, size in enumerate(sizes):
         saved.restore()
-        point = try_step(lambda: _time_batch(spec, backend, model, opt, size, warmup_steps, timed_steps),
+        point = try_step(lambda: _time_batch(spec, backend, trained, opt, size, warmup_steps, timed_steps),
                          backend.device, f"the throughput probe at batch {size}", restore=saved.restore)
+        point = _slowest_rank(point, size, backend.device)
         if point is None:  # does not fit: larger sizes would not either
             if not points:
                 raise ProbeFailed(f"the throughput probe runs out of memory on {backend.device} at its smallest "
@@ -81,7 +87,21 @@ def measure_throughput(spec: ModelSpec, backend: Backend, batch_sizes: list[int]
                 break
     saved.restore()
     method = f"{backend.measured_on}: median of {timed_steps} timed steps after {warmup_steps} warm-up"
+    if distributed.active():
+        method += (f"; DistributedDataParallel step on {ranks} ranks, batch = per-rank micro-batch "
+                   f"(global batch {ranks}x), slowest rank's median")
     return ThroughputResult(points, stopped, method, time.perf_counter() - started, out_of_memory)
+
+
+def _slowest_rank(point: ThroughputPoint | None, size: int, device) -> ThroughputPoint | None:
+    """In a job every rank must take the same decisions: the slowest rank's times, and out of memory
+    on one rank is out of memory for all."""
+    if not distributed.active():
+        return point
+    values = [-1.0, -1.0, 1.0] if point is None else [point.step_seconds, point.optimizer_seconds, 0.0]
+    step, optimizer, failed = distributed.reduce_floats(values, "max", f"the throughput probe at batch {size}",
+                                                        device)
+    return None if failed else ThroughputPoint(size, step, optimizer)
 
 
 def _too_slow(points: list[ThroughputPoint], next_size: int, limit: float) -> str | None:
