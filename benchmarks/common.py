@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -23,6 +24,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,6 +49,24 @@ MODELS = {
 # (a RuntimeError, constructible on CPU-only builds) is what bsadvisor's is_out_of_memory accepts.
 OOM_MESSAGE = ("CUDA out of memory. Tried to allocate {size} bytes (simulated: tracked bytes {live} "
                "over the budget of {budget} bytes)")
+
+
+def argument_parser(doc: str, study: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark script shares; each script adds its own."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/ alone")
+    ap.add_argument("--from-results", action="store_true",
+                    help=f"run nothing: draw the table and plot again from benchmarks/results/{study}.json")
+    return ap
+
+
+def parse_arguments(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    args = ap.parse_args()
+    set_threads(args.threads)
+    warnings.filterwarnings("ignore")  # the peers' deprecation chatter would bury the tables
+    return args
 
 
 def set_threads(n: int) -> None:

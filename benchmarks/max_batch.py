@@ -28,7 +28,6 @@ must run out of memory if bsadvisor's answer is the largest that trains.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -37,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import unittest.mock
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -337,20 +335,13 @@ def plot(data: dict, out: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.argument_parser(__doc__, "max_batch", "tiny budgets: checks the script, figures meaningless")
     ap.add_argument("--models", default=",".join(BUDGETS), help="comma-separated: " + ", ".join(BUDGETS))
     ap.add_argument("--budget", action="append", default=[], help="MODEL=SIZE, overrides the default budget")
     ap.add_argument("--tools", default=",".join(TOOLS))
-    ap.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, figures meaningless")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-warmup", action="store_true", help="skip the untimed first pass of every tool")
-    ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/ alone")
-    ap.add_argument("--from-results", action="store_true",
-                    help="run nothing: draw the table and plot again from benchmarks/results/max_batch.json")
-    args = ap.parse_args()
-    common.set_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    args = common.parse_arguments(ap)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     budgets = dict(QUICK_BUDGETS if args.quick else BUDGETS)

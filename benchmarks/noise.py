@@ -23,7 +23,6 @@ weights, Adam's preconditioner), the table says so and shows what it got wrong.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -395,17 +394,10 @@ def plot(data: dict, out: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = common.argument_parser(__doc__, "noise", "tiny samples: checks the script, figures meaningless")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--quick", action="store_true", help="tiny samples: checks the script, figures meaningless")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/ alone")
-    ap.add_argument("--from-results", action="store_true",
-                    help="run nothing: draw the table and plot again from benchmarks/results/noise.json")
-    args = ap.parse_args()
-    common.set_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    args = common.parse_arguments(ap)
     cfg = QUICK if args.quick else FULL
     if args.from_results:
         data = common.load_results("noise" + ("_quick" if args.quick else ""))

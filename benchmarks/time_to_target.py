@@ -20,13 +20,11 @@ at the wall-clock cap, or when the loss is no longer finite ("diverged").
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -178,15 +176,8 @@ def plot(data: dict, out: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="easy target, short cap: checks the script")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-doc", action="store_true", help="print only; leave docs/ alone")
-    ap.add_argument("--from-results", action="store_true",
-                    help="run nothing: draw the table and plot again from benchmarks/results/time_to_target.json")
-    args = ap.parse_args()
-    common.set_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    ap = common.argument_parser(__doc__, "time_to_target", "easy target, short cap: checks the script")
+    args = common.parse_arguments(ap)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     cfg = dict(QUICK if args.quick else FULL)
     if args.from_results:
