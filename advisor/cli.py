@@ -233,7 +233,7 @@ def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tup
                 raise BadInput(f"--nproc-per-node must be a positive integer, got {nproc_per_node}")
             if isolate:
                 raise BadInput("--isolate and --nproc-per-node do not combine: the ranks are child processes already")
-            distributed.launch(_without_nproc(sys.argv[1:]), nproc_per_node)
+            distributed.launch(sys.argv[1:], nproc_per_node)
             return
         if distributed.in_job():
             if isolate:
@@ -252,19 +252,6 @@ def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tup
         for note in doc["notes"]:
             err.print(f"note: {note}", highlight=False)
         _emit(doc, json_out, lambda out: render_doc(doc, out))
-
-
-def _without_nproc(argv: list[str]) -> list[str]:
-    """The same command for each rank: --nproc-per-node (and its value) removed."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc-per-node":
-            skip = True
-        elif not arg.startswith("--nproc-per-node="):
-            out.append(arg)
-    return out
 
 
 def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | None = None,

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from advisor.errors import AdvisorError, BadInput, DeviceUnavailable, ProbeFailed
-from advisor.watchdog import DEFAULT_COLLECTIVE_TIMEOUT  # noqa: F401  (re-exported)
+
 _ERROR_DIR = "BSADVISOR_ERROR_DIR"  # set by `launch`: ranks leave their expected errors there
 _ERRORS = {cls.exit_code: cls for cls in (BadInput, DeviceUnavailable, ProbeFailed)}
 
@@ -150,8 +150,9 @@ def free_port() -> int:
 
 
 def launch(argv: list[str], nproc: int) -> None:
-    """Run `python -m advisor *argv` on `nproc` local ranks (torch's elastic launcher, no restarts).
-    Returns when every rank succeeded; raises the first failure's error otherwise."""
+    """Run this command (`python -m advisor *argv`, less --nproc-per-node) on `nproc` local ranks
+    (torch's elastic launcher, no restarts). Returns when every rank succeeded; raises the first
+    failure's error otherwise."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -164,13 +165,26 @@ def launch(argv: list[str], nproc: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bsadvisor-ranks-") as folder:
         os.environ[_ERROR_DIR] = folder
         try:
-            elastic_launch(config, sys.executable)("-u", "-m", "advisor", *argv)
+            elastic_launch(config, sys.executable)("-u", "-m", "advisor", *_without_nproc(argv))
         except ChildFailedError as exc:
             raise _first_failure(exc, Path(folder)) from None
         except Exception as exc:  # the rendezvous itself
             raise ProbeFailed(f"the {nproc}-process job did not start: {exc}") from None
         finally:
             os.environ.pop(_ERROR_DIR, None)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The same command for each rank: --nproc-per-node (and its value) removed."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            out.append(arg)
+    return out
 
 
 def _first_failure(exc, folder: Path) -> AdvisorError:

@@ -21,7 +21,7 @@ from advisor.probes.noise import NoiseResult, measure_noise
 from advisor.probes.throughput import ThroughputResult, geometric_batches, measure_throughput
 from advisor import watchdog
 from advisor.spec import DEFAULT_BASE_BATCH, ModelSpec, check_contract, load_spec
-from advisor.watchdog import DEFAULT_STEP_TIMEOUT
+from advisor.watchdog import DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_STEP_TIMEOUT
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Settings:
     seed: int = 0
     step_timeout: float = DEFAULT_STEP_TIMEOUT
     profile: dict | None = None  # a hardware profile whose memory is the budget
-    collective_timeout: float = distributed.DEFAULT_COLLECTIVE_TIMEOUT
+    collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT
     plan_gpus: int | None = None  # predict the step on this many GPUs from the profile's interconnect
 
 
