@@ -175,7 +175,7 @@ def _throughput_table(t: dict) -> Table:
     for column in ("batch", "step time", "samples/s", "optimizer step"):
         table.add_column(column, justify="right")
     for p in t["points"]:
-        table.add_row(str(p["batch"]), _seconds(p["step_seconds"]), f"{p['samples_per_second']:.4g}",
+        table.add_row(str(p["batch"]), _seconds(p["step_seconds"]), _rate(p["samples_per_second"]),
                       _seconds(p["optimizer_seconds"]))
     return table
 
@@ -187,12 +187,12 @@ def _candidates_table(doc: dict) -> Table:
                    "goodput vs base", ""):
         table.add_column(column, justify="right")
     for row in doc["candidates"]:
-        mark = "recommended" if row["recommended"] else ("base" if row["base"] else "")
+        mark = "best" if row["recommended"] else ("base" if row["base"] else "")
         style = "bold green" if row["recommended"] else None
         table.add_row(
             str(row["batch"]), f"{row['micro_batch']} x {row['accumulation_steps']}",
             f"{format_bytes(row['peak_bytes'])} {row['peak_source'][0]}",
-            f"{_seconds(row['step_seconds'])} {row['step_source'][0]}", f"{row['samples_per_second']:.4g}",
+            f"{_seconds(row['step_seconds'])} {row['step_source'][0]}", _rate(row["samples_per_second"]),
             f"{row['statistical_efficiency']:.3f}", f"{row['goodput_vs_base']:.2f}x", mark, style=style)
     return table
 
@@ -228,6 +228,10 @@ def _recommendation_table(r: dict) -> Table:
     for reason in r["reasons"]:
         table.add_row("why", reason, "")
     return table
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.3g}"
 
 
 def _number(x: float | None) -> str:

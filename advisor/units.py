@@ -56,6 +56,7 @@ def format_bytes(n: float) -> str:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+            # Whole numbers from 100 up: ".3g" would write 1000 KiB as "1e+03 KiB".
+            return f"{n:.0f} {unit}" if unit == "B" or abs(n) >= 100 else f"{n:.3g} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
