@@ -261,6 +261,20 @@ def save_results(name: str, data: dict) -> Path:
     return path
 
 
+def results_name(study: str, quick: bool) -> str:
+    return study + ("_quick" if quick else "")
+
+
+def publish(args, study: str, data: dict, markdown: str, plot, caption: str, conditions: str = "") -> None:
+    """Print the table; unless --no-doc, draw the PNG and write this study's section of the doc."""
+    png = DOCS / f"bench_{study}.png"
+    if not args.no_doc:
+        plot(data, png)
+        run = f"Run: `{data['command']}` on {machine_line(data['machine'])}.{conditions}"
+        write_section(study, "\n".join([run, "", markdown, "", f"![{caption}]({png.name})"]))
+    print(markdown)
+
+
 def write_section(name: str, markdown: str) -> None:
     """Replace this study's section of docs/benchmarks.md (between its two markers), or append it."""
     begin, end = f"<!-- {name}:begin (written by benchmarks/{name}.py) -->", f"<!-- {name}:end -->"

@@ -350,22 +350,15 @@ def main() -> None:
         budgets[model] = size
     tools = args.tools.split(",")
     if args.from_results:
-        data = common.load_results("max_batch" + ("_quick" if args.quick else ""))
+        data = common.load_results(common.results_name("max_batch", args.quick))
     else:
         if not args.no_warmup:
             warm_up(tools, args.seed)
         studies = [study(name, common.MODELS[name], parse_size(budgets[name]), args.seed, tools)
                    for name in args.models.split(",")]
         data = {"machine": common.machine(), "command": common.command_line(), "studies": studies}
-        common.save_results("max_batch" + ("_quick" if args.quick else ""), data)
-    md = report(data)
-    png = common.DOCS / "bench_max_batch.png"
-    if not args.no_doc:
-        plot(data, png)
-        common.write_section("max_batch", "\n".join([
-            f"Run: `{data['command']}` on {common.machine_line(data['machine'])}.", "",
-            md, "", f"![largest batch per tool]({png.name})"]))
-    print(md)
+        common.save_results(common.results_name("max_batch", args.quick), data)
+    common.publish(args, "max_batch", data, report(data), plot, "largest batch per tool")
 
 
 if __name__ == "__main__":

@@ -400,19 +400,12 @@ def main() -> None:
     args = common.parse_arguments(ap)
     cfg = QUICK if args.quick else FULL
     if args.from_results:
-        data = common.load_results("noise" + ("_quick" if args.quick else ""))
+        data = common.load_results(common.results_name("noise", args.quick))
     else:
         studies = [study(name, cfg, args.seed) for name in args.models.split(",")]
         data = {"machine": common.machine(), "command": common.command_line(), "config": cfg, "studies": studies}
-        common.save_results("noise" + ("_quick" if args.quick else ""), data)
-    md = report(data)
-    png = common.DOCS / "bench_noise.png"
-    if not args.no_doc:
-        plot(data, png)
-        common.write_section("noise", "\n".join([
-            f"Run: `{data['command']}` on {common.machine_line(data['machine'])}.", "", md, "",
-            f"![noise scale per method]({png.name})"]))
-    print(md)
+        common.save_results(common.results_name("noise", args.quick), data)
+    common.publish(args, "noise", data, report(data), plot, "noise scale per method")
 
 
 if __name__ == "__main__":

@@ -181,21 +181,14 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     cfg = dict(QUICK if args.quick else FULL)
     if args.from_results:
-        data = common.load_results("time_to_target" + ("_quick" if args.quick else ""))
+        data = common.load_results(common.results_name("time_to_target", args.quick))
     else:
-        data = run_study(cfg, "time_to_target" + ("_quick" if args.quick else ""))
+        data = run_study(cfg, common.results_name("time_to_target", args.quick))
     cfg = data["config"]
-    md = report(data)
-    png = common.DOCS / "bench_time_to_target.png"
-    if not args.no_doc:
-        plot(data, png)
-        common.write_section("time_to_target", "\n".join([
-            f"Run: `{data['command']}` on {common.machine_line(data['machine'])}. Target validation loss "
-            f"{cfg['target']} (nats per byte, {cfg['val_windows']} fixed held-out windows, evaluated every "
-            f"{cfg['eval_examples']} training examples), cap {cfg['cap_seconds']:.0f} s of training per run, "
-            f"memory budget {cfg['budget']} for (a) and (b).", "", md, "",
-            f"![validation loss against wall time]({png.name})"]))
-    print(md)
+    conditions = (f" Target validation loss {cfg['target']} (nats per byte, {cfg['val_windows']} fixed held-out "
+                  f"windows, evaluated every {cfg['eval_examples']} training examples), cap "
+                  f"{cfg['cap_seconds']:.0f} s of training per run, memory budget {cfg['budget']} for (a) and (b).")
+    common.publish(args, "time_to_target", data, report(data), plot, "validation loss against wall time", conditions)
 
 
 def run_study(cfg: dict, results_name: str) -> dict:
