@@ -132,10 +132,6 @@ def candidates(report: Report) -> list[dict]:
     return rows
 
 
-def render(report: Report, console: Console, sections: tuple[str, ...] | None = None) -> None:
-    render_doc(to_json(report, sections), console)
-
-
 def render_doc(doc: dict, console: Console) -> None:
     """The tables, from the JSON document (an --isolate child's report arrives as one)."""
     if "memory" in doc:

@@ -220,13 +220,9 @@ def _contract_step(spec: ModelSpec, size: int) -> None:
 
 
 def checked_loss(spec: ModelSpec, model: torch.nn.Module, batch: Any) -> torch.Tensor:
-    """The user's loss, which must be a finite, differentiable scalar (a mean over the batch)."""
-    value = spec._call("loss(model, batch)", spec.loss, model, batch)
-    if not isinstance(value, torch.Tensor) or value.numel() != 1:
-        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise spec.fail(f"loss(model, batch) returned {shape}, expected a scalar tensor (the mean loss)")
-    if not value.requires_grad:
-        raise spec.fail("loss(model, batch) is not differentiable: it does not depend on the parameters")
+    """The user's loss, which must also be finite here (spec.loss, a CheckedLoss, has already made sure
+    it is a differentiable scalar)."""
+    value = spec.loss(model, batch)
     if not math.isfinite(value.item()):
         raise spec.fail(f"loss(model, batch) is not finite ({value.item()})")
     return value.reshape(())

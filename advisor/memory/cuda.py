@@ -72,8 +72,3 @@ class RealSteps:
         """The tensors live when the step starts (the CPU's tracker needs them; CUDA's allocator knows)."""
         state = [t for s in self.opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
         return [*self.model.parameters(), *self.model.buffers(), *state, *tensors_in(data)]
-
-
-def real_peak(spec: ModelSpec, backend: Backend, batch: int, seed: int = 0) -> int | None:
-    """One real step's max_memory_reserved at `batch` (None: out of memory), on a fresh model."""
-    return RealSteps(spec, backend, seed).peak(batch)
