@@ -20,7 +20,7 @@ from advisor.errors import BadInput, DeviceUnavailable, ProbeFailed
 from advisor.hardware import nvml
 from advisor.memory import oom
 from advisor.memory.cuda import RealSteps
-from advisor.memory.max_batch import MEASURED_ON_CUDA, find_max_batch
+from advisor.memory.max_batch import MEASURED_ON_CUDA, calibration, find_max_batch
 from advisor.memory.oom import try_step
 from advisor.memory.search import confirm_max_batch, largest_fitting_batch
 from advisor.memory.trace import StepTracer
@@ -152,34 +152,36 @@ def confirmed(mlp, backend):
     return spec, budget, result
 
 
-def test_prediction_right_confirms_with_two_real_steps(mlp):
+def test_prediction_right_confirms_with_three_real_steps(mlp):
     backend = card()
     spec, budget, result = confirmed(mlp, backend)
     assert budget == Budget(CONTEXT + ROOM, "NVML free memory (v2)")
     assert result.context_bytes == CONTEXT
     assert result.max_batch == result.predicted_max_batch == truth(spec, backend, ROOM) > 1000
-    assert result.real_steps == 2 and backend.steps == 1 + 2  # the warm step, B, B + 1
+    safe = largest_fitting_batch(StepTracer(spec).peak, ROOM * 0.9).max_batch
+    assert result.real_steps == 3 and backend.steps == 1 + 3  # the warm step, the safe batch, B, B + 1
+    assert sorted(result.measured) == [safe, result.max_batch, result.max_batch + 1]
     assert result.method == MEASURED_ON_CUDA
     assert result.measured[result.max_batch][0] <= ROOM
     assert result.measured[result.max_batch + 1] is None  # B + 1 ran out of memory: the card is full
-    assert result.safe_max_batch == largest_fitting_batch(StepTracer(spec).peak, ROOM * 0.9).max_batch
+    assert result.safe_max_batch == safe
 
 
 def test_prediction_5_percent_high_is_corrected_by_calibrated_real_steps(mlp):
     backend = card(ratio=1.05)
     spec, _, result = confirmed(mlp, backend)
     assert result.max_batch == truth(spec, backend, ROOM) < 0.97 * result.predicted_max_batch
-    # B runs out of memory; a step at 95% of the room calibrates the trace; B' fits, B' + 1 does not.
-    assert result.real_steps == 4
-    assert result.measured[result.predicted_max_batch] is None
-    assert result.safe_max_batch <= truth(spec, backend, 0.9 * ROOM)  # calibrated by real / traced
+    # The safe batch fits and calibrates the trace; B' fits, B' + 1 does not. The trace's B never runs.
+    assert result.real_steps == 3 and None not in list(result.measured.values())[:2]
+    assert result.predicted_max_batch not in result.measured
+    assert result.safe_max_batch == truth(spec, backend, 0.9 * ROOM)  # calibrated by real / traced
 
 
 def test_prediction_low_is_corrected_upwards(mlp):
     backend = card(ratio=0.95)
     spec, _, result = confirmed(mlp, backend)
     assert result.max_batch == truth(spec, backend, ROOM) > 1.03 * result.predicted_max_batch
-    assert result.real_steps == 3  # B fits and calibrates the trace; B' fits, B' + 1 does not
+    assert result.real_steps == 3  # the safe batch calibrates the trace; B' fits, B' + 1 does not
 
 
 def test_a_budget_below_the_free_memory_is_found_without_running_out_of_memory(mlp):
@@ -188,8 +190,33 @@ def test_a_budget_below_the_free_memory_is_found_without_running_out_of_memory(m
     result = find_max_batch(spec, backend.memory_budget(CONTEXT + ROOM), 0.1, real=RealSteps(spec, backend))
     assert result.budget.source == "--memory"
     assert result.max_batch == truth(spec, backend, ROOM)
-    assert result.real_steps <= 8 and None not in result.measured.values()  # a 5% fixed workspace: calibration by
-    # a ratio misses by a few, the walk and bisection close it
+    # A fixed workspace (5% of the room): the ratio at the safe batch predicts B' a little low; the line
+    # through both real steps predicts B exactly, and B + 1 confirms it.
+    assert result.real_steps == 4 and None not in result.measured.values()
+    assert result.safe_max_batch == truth(spec, backend, 0.9 * ROOM)
+
+
+@pytest.mark.parametrize("ratio", [0.97, 1.0, 1.02, 1.05])
+@pytest.mark.parametrize("workspace", [0, 20_000, 40_000])
+def test_the_calibrated_trace_finds_the_boundary_and_the_margin_exactly(mlp, ratio, workspace):
+    """The allocator's reserve as a proportion of the traced bytes plus a fixed workspace (cuBLAS, up
+    to 4% of the room here): three real steps when the trace is off by a proportion, at most four with
+    a workspace, as long as the trace is off by less than the margin (the first step then fits)."""
+    backend = card(ratio=ratio, workspace=workspace)
+    spec, _, result = confirmed(mlp, backend)
+    assert result.max_batch == truth(spec, backend, ROOM)
+    assert result.safe_max_batch == truth(spec, backend, 0.9 * ROOM)
+    assert result.real_steps == 3 if workspace == 0 else result.real_steps <= 4
+
+
+@pytest.mark.parametrize("points, traced, real", [
+    ([(1000, 1100)], 2000, 2200),                       # one step: its ratio
+    ([(1000, 1100), (2000, 2150)], 3000, 3200),         # two: the line through them
+    ([(1000, 1100), (1500, 1600), (2000, 2150)], 0, 50),  # the smallest and the largest
+    ([(1000, 1100), (2000, 1100)], 4000, 2200),         # a line that does not rise: the largest's ratio
+])
+def test_calibration_maps_traced_bytes_to_real_bytes(points, traced, real):
+    assert calibration(points)(traced) == pytest.approx(real)
 
 
 def test_out_of_memory_on_a_card_that_got_busier_is_recovered_and_the_search_goes_on(mlp):
@@ -198,7 +225,8 @@ def test_out_of_memory_on_a_card_that_got_busier_is_recovered_and_the_search_goe
     backend = card(capacity=ROOM // 2)
     spec, _, result = confirmed(mlp, backend)
     assert result.max_batch == truth(spec, backend, ROOM // 2) < 0.6 * result.predicted_max_batch
-    assert result.measured[result.predicted_max_batch] is None  # the first real step ran out of memory
+    first = next(iter(result.measured))
+    assert result.measured[first] is None and first > result.max_batch  # the first real step ran out of memory
     assert any(p is None for p in result.measured.values())
 
 
@@ -248,9 +276,9 @@ def test_max_batch_on_cuda_through_the_cli(mlp, on_fake_cuda):
     for name in ("max_batch", "safe_max_batch", "budget_bytes", "bytes_per_sample", "fixed_bytes"):
         assert name in memory
     assert memory["method"] == MEASURED_ON_CUDA and memory["budget_source"] == "NVML free memory (v2)"
-    assert memory["predicted_max_batch"] == memory["max_batch"] and memory["real_steps"] == 2
+    assert memory["predicted_max_batch"] == memory["max_batch"] and memory["real_steps"] == 3
     assert memory["context_bytes"] == CONTEXT
-    assert [m["out_of_memory"] for m in memory["measured"]] == [False, True]
+    assert [m["out_of_memory"] for m in memory["measured"]] == [False, False, True]
     assert memory["measured"][0]["reserved_bytes"] <= memory["budget_bytes"] - CONTEXT
 
 

@@ -59,7 +59,7 @@ def test_reported_largest_batch_runs_and_3_percent_more_does_not_fit(spec):
     advisor = Advisor(spec, resolve_device("cuda"), Settings(memory_bytes=2 * GiB))
     memory = advisor.memory()
     assert memory.method == MEASURED_ON_CUDA and memory.budget.bytes == 2 * GiB
-    assert memory.real_steps <= 12
+    assert memory.real_steps <= 4, memory.measured  # three in the usual case, four with a fixed workspace
     room = memory.budget.bytes - memory.context_bytes
     real = RealSteps(spec, advisor.backend, smallest=smallest)
     assert real.peak(memory.max_batch) <= room

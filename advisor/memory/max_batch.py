@@ -8,6 +8,7 @@ the first real step calibrates the trace, and bisection on real steps settles wh
 import math
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from advisor.device import Budget
 from advisor.errors import BadInput
@@ -72,12 +73,14 @@ def find_max_batch(spec: ModelSpec, budget: Budget, margin: float, seed: int = 0
 
 def _confirm_on_device(predicted: MemoryResult, tracer: StepTracer, real: RealSteps, usable: float,
                        safe_usable: float, smallest: int) -> MemoryResult:
-    """A real step at the trace's boundary B; its peak calibrates the trace (× real / traced: the
-    allocator's rounding and workspaces grow with the step), which predicts the boundary again, and
-    real steps confirm it (fits, one more does not) or walk and bisect where they disagree. Out of
-    memory at B says "too big" but not by how much: the calibrating step is then taken where the trace
-    puts 95%, 80% or 50% of the room. Real steps: 2 when the trace is right, 3 when it is low, 4 when
-    it is high; more only when calibration misses. The margin's batch is the calibrated trace's."""
+    """Three real steps in the usual case. The first runs the batch the trace puts at the margin (the
+    batch a user is told is safe; at most 95% of the room, so a trace a few percent low does not run
+    out of memory there). Its peak calibrates the trace (× real / traced: the allocator's rounding grows
+    with the step), which predicts the boundary B'. The step at B' is a second point, and the line
+    through both (rounding and fixed workspaces apart) predicts B' again; real steps then confirm it
+    (B' fits, B' + 1 does not) or walk and bisect where they disagree. Should the first step run out
+    of memory (the card got busier), the calibrating step is taken where the trace puts 80%, then 50%
+    of the room. The margin's batch is the calibrated trace's."""
     peaks = predicted.peaks
 
     def traced(batch: int) -> int:
@@ -89,15 +92,18 @@ def _confirm_on_device(predicted: MemoryResult, tracer: StepTracer, real: RealSt
         reserved = real.peak(batch)
         return reserved is not None and reserved <= usable
 
-    def calibrated(at: int, room: float) -> int:
-        scale = real.peak(at) / max(traced(at), 1)
-        return largest_fitting_batch(lambda b: math.ceil(traced(b) * scale), room, smallest=smallest).max_batch
+    def calibrated(room: float) -> int:
+        """The largest batch whose real peak, predicted from its traced peak, fits `room`."""
+        to_real = calibration([(traced(b), p.reserved) for b, p in real.peaks.items() if p is not None])
+        return largest_fitting_batch(lambda b: math.ceil(to_real(traced(b))), room, smallest=smallest).max_batch
 
     start = smallest
-    for share in (1.0, 0.95, 0.8, 0.5):
+    for share in (min(1 - predicted.margin, 0.95), 0.8, 0.5):
         at = largest_fitting_batch(traced, usable * share, peaks=peaks, smallest=smallest).max_batch
         if at >= smallest and real.peak(at) is not None:
-            start = max(calibrated(at, usable), smallest)
+            start = max(calibrated(usable), smallest)
+            if real.peak(start) is not None:  # a second point: the line through both predicts again
+                start = max(calibrated(usable), smallest)
             break
     known = {b: fits(b) for b in real.peaks}  # the steps taken so far bound the search
     confirmed = confirm_max_batch(start, fits, smallest, good=max((b for b, ok in known.items() if ok), default=None),
@@ -107,7 +113,19 @@ def _confirm_on_device(predicted: MemoryResult, tracer: StepTracer, real: RealSt
                        f"{'runs out of memory' if real.peak(smallest) is None else 'exceeds the budget'} "
                        f"({predicted.budget.source}, less the CUDA context of {format_bytes(real.context_bytes)})")
     measured = {b: None if p is None else (p.reserved, p.allocated) for b, p in real.peaks.items()}
-    return MemoryResult(predicted.budget, predicted.margin, confirmed, min(calibrated(confirmed, safe_usable), confirmed),
+    return MemoryResult(predicted.budget, predicted.margin, confirmed, min(calibrated(safe_usable), confirmed),
                         predicted.fixed_bytes, predicted.bytes_per_sample, peaks, False, MEASURED_ON_CUDA, 0.0,
                         predicted_max_batch=predicted.max_batch, real_steps=len(real.peaks),
                         context_bytes=real.context_bytes, measured=measured)
+
+
+def calibration(points: list[tuple[int, int]]) -> Callable[[float], float]:
+    """Traced bytes -> real bytes, from real steps' (traced, real) peaks: the line through the smallest
+    and the largest (the allocator rounds each block up, in proportion, and adds fixed workspaces; all
+    the steps are near the boundary, where the peak is affine), or where that line would not rise, the
+    ratio at the largest."""
+    (t1, r1), (t2, r2) = min(points), max(points)
+    if t2 > t1 and r2 > r1:
+        slope = (r2 - r1) / (t2 - t1)
+        return lambda t: r2 + slope * (t - t2)
+    return lambda t: t * r2 / max(t2, 1)
