@@ -37,7 +37,7 @@ class Peak:
 
 
 class Backend:
-    def __init__(self, device: torch.device, note: str | None = None, nvml_index: int | None = None):
+    def __init__(self, device: torch.device, note: str | None = None, nvml_index: nvml.DeviceId | None = None):
         self.device = device
         self.note = note  # e.g. why `auto` chose the CPU
         self.nvml_index = (device.index or 0) if nvml_index is None else nvml_index  # NVML's number of this GPU
@@ -150,28 +150,10 @@ def resolve_rank_device(name: str, local_rank: int) -> Backend:
     return resolve_device(f"cuda:{(backend.device.index or 0) + local_rank}")
 
 
-def nvml_index(cuda_index: int) -> int:
-    """NVML's number of torch's CUDA device `cuda_index`. They differ under CUDA_VISIBLE_DEVICES (and
-    CUDA_DEVICE_ORDER), so the GPU is matched by UUID where torch exposes it or CUDA_VISIBLE_DEVICES
-    names one; a number in CUDA_VISIBLE_DEVICES is NVML's; otherwise the numbers are taken as equal."""
+def nvml_index(cuda_index: int) -> nvml.DeviceId:
+    """NVML's number of torch's CUDA device `cuda_index` (see nvml.matching_device)."""
     uuid = str(getattr(torch.cuda.get_device_properties(cuda_index), "uuid", "") or "")
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if not uuid and cuda_index < len(visible):
-        if visible[cuda_index].isdigit():
-            return int(visible[cuda_index])
-        uuid = visible[cuda_index]
-    if uuid:
-        bare = _bare_uuid(uuid)
-        for i, other in enumerate(nvml.gpu_uuids()):
-            if _bare_uuid(other) == bare or (len(bare) < 36 and _bare_uuid(other).startswith(bare)):
-                return i
-    return cuda_index
-
-
-def _bare_uuid(uuid: str) -> str:
-    """NVML writes "GPU-8f3c...", torch the bare UUID; CUDA_VISIBLE_DEVICES accepts a prefix of either."""
-    uuid = uuid.strip().lower()
-    return uuid[4:] if uuid.startswith(("gpu-", "mig-")) else uuid
+    return nvml.matching_device(cuda_index, uuid, os.environ.get("CUDA_VISIBLE_DEVICES", ""), nvml.device_uuids())
 
 
 def host_available_bytes() -> int:

@@ -27,7 +27,7 @@ from advisor.memory.trace import StepTracer
 from advisor.spec import load_spec
 from tests.fake_cuda import MiB, FakeCudaBackend
 from tests.models import MLP
-from tests.test_nvml import GiB, FakeGpu, FakeNvml, real as real_pynvml
+from tests.test_nvml import GiB, FakeGpu, FakeNvml, mig_slice, real as real_pynvml
 
 CONTEXT = 300 * MiB
 ROOM = 1 * MiB  # what tensors may use on the fake card: the MLP fits about 1,200 examples
@@ -438,3 +438,14 @@ def test_nvml_index_matches_torch_uuid(two_gpus, monkeypatch):
 def test_nvml_index_from_cuda_visible_devices(two_gpus, monkeypatch, visible, index):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     assert nvml_index(0) == index
+
+
+def test_a_mig_device_is_budgeted_by_its_own_memory_not_the_cards(visible_gpu, monkeypatch):
+    """CUDA_VISIBLE_DEVICES names a MIG slice: the budget is the slice's free memory (15 GiB of 20),
+    not the whole H100's 76 GiB."""
+    visible_gpu.gpus = [FakeGpu(mig=[mig_slice(0, 10 * GiB), mig_slice(1, 20 * GiB)])]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-10000000-aaaa-bbbb-cccc-dddddddddddd")
+    backend = resolve_device("cuda")
+    assert backend.nvml_index == (0, 1)
+    assert backend.memory_budget(None) == Budget(15 * GiB, "NVML free memory (v2)")
+

@@ -148,7 +148,7 @@ def fake_gpu(monkeypatch):
         )
 
     monkeypatch.setitem(sys.modules, "torch", fake_torch)
-    monkeypatch.setattr(nvml, "device_count", lambda: 2)
+    monkeypatch.setattr(nvml, "device_uuids", lambda: {0: "GPU-other", 1: "GPU-abcd-1234"})
     monkeypatch.setattr(nvml, "gpu_info", gpu_info)
     monkeypatch.setattr(measure, "CUDA_MATMUL_N", 128)
     monkeypatch.setattr(measure, "CUDA_COPY_BYTES", 4 * MiB)

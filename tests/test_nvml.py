@@ -34,6 +34,7 @@ class FakeGpu:
     reserved: int = 512 * MiB
     used: int = 3 * GiB  # v2 meaning: without the driver's reserved memory
     processes: list[tuple[int, int | None]] = field(default_factory=list)
+    mig: list["FakeGpu | None"] | None = None  # MIG mode: its devices by slot (None: an empty slot)
 
     @property
     def free(self) -> int:
@@ -82,17 +83,37 @@ class FakeNvml:
             raise real.NVMLError_InvalidArgument()
         return ("handle", index)
 
+    def _gpu(self, handle) -> FakeGpu:
+        """A handle is ("handle", i) for GPU i, ("mig", i, j) for MIG device j of GPU i."""
+        return self.gpus[handle[1]] if handle[0] == "handle" else self.gpus[handle[1]].mig[handle[2]]
+
+    def nvmlDeviceGetMigMode(self, handle):
+        self._call("nvmlDeviceGetMigMode")
+        if self._gpu(handle).mig is None:
+            raise real.NVMLError_NotSupported()
+        return [1, 1]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle):
+        self._call("nvmlDeviceGetMaxMigDeviceCount")
+        return len(self._gpu(handle).mig)
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle, index):
+        self._call("nvmlDeviceGetMigDeviceHandleByIndex")
+        if self._gpu(handle).mig[index] is None:
+            raise real.NVMLError_NotFound()
+        return ("mig", handle[1], index)
+
     def nvmlDeviceGetName(self, handle):
         self._call("nvmlDeviceGetName")
-        return self.gpus[handle[1]].name
+        return self._gpu(handle).name
 
     def nvmlDeviceGetUUID(self, handle):
         self._call("nvmlDeviceGetUUID")
-        return self.gpus[handle[1]].uuid
+        return self._gpu(handle).uuid
 
     def nvmlDeviceGetCudaComputeCapability(self, handle):
         self._call("nvmlDeviceGetCudaComputeCapability")
-        return self.gpus[handle[1]].capability
+        return self._gpu(handle).capability
 
     def nvmlSystemGetDriverVersion(self):
         self._call("nvmlSystemGetDriverVersion")
@@ -107,7 +128,7 @@ class FakeNvml:
         return self.cuda
 
     def nvmlDeviceGetMemoryInfo(self, handle, version=None):
-        gpu = self.gpus[handle[1]]
+        gpu = self._gpu(handle)
         if version is None:
             self._call("nvmlDeviceGetMemoryInfo")
             # v1 counts the driver's reservation as used.
@@ -122,11 +143,11 @@ class FakeNvml:
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle):
         self._call("nvmlDeviceGetComputeRunningProcesses")
-        return [types.SimpleNamespace(pid=p, usedGpuMemory=u) for p, u in self.gpus[handle[1]].processes]
+        return [types.SimpleNamespace(pid=p, usedGpuMemory=u) for p, u in self._gpu(handle).processes]
 
     def nvmlDeviceGetComputeRunningProcesses_v2(self, handle):
         self._call("nvmlDeviceGetComputeRunningProcesses_v2")
-        return [types.SimpleNamespace(pid=p, usedGpuMemory=u) for p, u in self.gpus[handle[1]].processes]
+        return [types.SimpleNamespace(pid=p, usedGpuMemory=u) for p, u in self._gpu(handle).processes]
 
 
 def module_without(fake: FakeNvml, *dropped: str, **replaced) -> types.SimpleNamespace:
@@ -212,7 +233,7 @@ def test_cuda_version_is_major_dot_minor(fake, raw, text):
 def test_library_not_found(fake):
     fake.fail["nvmlInit"] = real.NVMLError_LibraryNotFound()
     with pytest.raises(NvmlUnavailable) as caught:
-        nvml.device_count()
+        nvml.device_uuids()
     assert str(caught.value) == "NVML library not found: is the NVIDIA driver installed?"
     assert isinstance(caught.value, DeviceUnavailable)
     assert caught.value.exit_code == EXIT_DEVICE_UNAVAILABLE == 3
@@ -250,14 +271,14 @@ def test_bad_index(fake, index):
     fake.gpus = [FakeGpu(), FakeGpu()]
     with pytest.raises(NvmlUnavailable) as caught:
         nvml.gpu_info(index)
-    assert str(caught.value) == f"no GPU {index}: this machine has 2"
+    assert str(caught.value) == f"no GPU {index}: this machine has 2 GPUs"
     assert "nvmlDeviceGetHandleByIndex" not in fake.calls  # checked before NVML sees it (-1 is a C uint)
     assert fake.calls[-1] == "nvmlShutdown"
 
 
 def test_index_refused_by_the_driver_is_a_bad_index(fake):
     fake.fail["nvmlDeviceGetHandleByIndex"] = real.NVMLError_InvalidArgument()
-    with pytest.raises(NvmlUnavailable, match=r"^no GPU 0: this machine has 1$"):
+    with pytest.raises(NvmlUnavailable, match=r"^no GPU 0: this machine has 1 GPU$"):
         nvml.gpu_info(0)
 
 
@@ -296,10 +317,85 @@ def test_other_processes_fall_back_to_v2_on_a_library_mismatch(fake):
     assert "nvmlDeviceGetComputeRunningProcesses_v2" in fake.calls
 
 
-def test_device_count_opens_and_closes_a_session(fake):
-    fake.gpus = [FakeGpu(), FakeGpu(), FakeGpu()]
-    assert nvml.device_count() == 3
-    assert fake.calls == ["nvmlInit", "nvmlDeviceGetCount", "nvmlShutdown"]
+def test_device_uuids_open_and_close_one_session(fake):
+    fake.gpus = [FakeGpu(uuid="GPU-a"), FakeGpu(uuid="GPU-b"), FakeGpu(uuid="GPU-c")]
+    assert nvml.device_uuids() == {0: "GPU-a", 1: "GPU-b", 2: "GPU-c"}
+    assert fake.calls.count("nvmlInit") == fake.calls.count("nvmlShutdown") == 1
+    assert fake.calls[0] == "nvmlInit" and fake.calls[-1] == "nvmlShutdown"
+
+
+# ----------------------------------------------------------------------------- MIG
+
+def mig_slice(j: int, total: int) -> FakeGpu:
+    return FakeGpu(name="NVIDIA H100 80GB HBM3 MIG 1g.10gb", uuid=f"MIG-{j}0000000-aaaa-bbbb-cccc-dddddddddddd",
+                   capability=(0, 0), total=total, reserved=0, used=total // 4)
+
+
+@pytest.fixture
+def mig(fake):
+    """GPU 0 split into MIG devices in slots 0 and 2 (slot 1 empty); GPU 1 whole."""
+    fake.gpus = [FakeGpu(mig=[mig_slice(0, 10 * GiB), None, mig_slice(2, 20 * GiB)]),
+                 FakeGpu(uuid="GPU-8f3cdead-beef-2222-3333-777788889999")]
+    return fake
+
+
+def test_device_uuids_list_mig_devices_after_their_gpu(mig):
+    assert nvml.device_uuids() == {
+        0: "GPU-0c4a2d6e-1111-2222-3333-444455556666",
+        (0, 0): "MIG-00000000-aaaa-bbbb-cccc-dddddddddddd",
+        (0, 2): "MIG-20000000-aaaa-bbbb-cccc-dddddddddddd",
+        1: "GPU-8f3cdead-beef-2222-3333-777788889999",
+    }
+
+
+def test_a_mig_devices_memory_is_its_own_and_its_capability_its_gpus(mig):
+    info = nvml.gpu_info((0, 2))
+    assert info.index == (0, 2) and info.name.endswith("MIG 1g.10gb") and info.uuid.startswith("MIG-2")
+    assert info.memory.total_bytes == 20 * GiB and info.memory.free_bytes == 15 * GiB
+    assert info.compute_capability == (9, 0)
+
+
+@pytest.mark.parametrize(("device", "message"), [((0, 1), "no MIG device 1 of GPU 0: this machine has 2 GPUs"),
+                                                 ((1, 0), "no MIG device 0 of GPU 1: this machine has 2 GPUs"),
+                                                 ((4, 0), "no MIG device 0 of GPU 4: this machine has 2 GPUs")])
+def test_a_missing_mig_device_is_named(mig, device, message):
+    with pytest.raises(NvmlUnavailable) as caught:
+        nvml.gpu_info(device)
+    assert str(caught.value) == message
+
+
+def test_a_lost_mig_device_is_named(mig):
+    mig.fail["nvmlDeviceGetMemoryInfo_v2"] = real.NVMLError_GpuIsLost()
+    with pytest.raises(NvmlUnavailable, match=r"^MIG device 0 of GPU 0 is lost \(fell off the bus\)$"):
+        nvml.gpu_info((0, 0))
+
+
+def test_bindings_without_mig_calls_see_whole_gpus(mig, monkeypatch):
+    old = module_without(mig, "nvmlDeviceGetMigMode", "nvmlDeviceGetMaxMigDeviceCount",
+                         "nvmlDeviceGetMigDeviceHandleByIndex")
+    monkeypatch.setattr(nvml, "_load_pynvml", lambda: old)
+    assert list(nvml.device_uuids()) == [0, 1]
+
+
+UUID = "0c4a2d6e-1111-2222-3333-444455556666"
+UUIDS = {0: "GPU-" + UUID, (0, 0): "MIG-00000000-aaaa-bbbb-cccc-dddddddddddd",
+         (0, 2): "MIG-20000000-aaaa-bbbb-cccc-dddddddddddd", 1: "GPU-8f3cdead-beef-2222-3333-777788889999"}
+
+
+@pytest.mark.parametrize(("cuda_index", "cuda_uuid", "visible", "expected"), [
+    (0, UUID, "", 0),                                          # torch's bare UUID
+    (0, "8f3cdead-beef-2222-3333-777788889999", "", 1),
+    (0, "20000000-aaaa-bbbb-cccc-dddddddddddd", "", (0, 2)),   # a MIG device's own UUID
+    (0, "", "MIG-20000000-aaaa-bbbb-cccc-dddddddddddd", (0, 2)),
+    (0, "", "MIG-0000", (0, 0)),                               # a prefix, as CUDA accepts
+    (0, "", "1,0", 1),                                         # a number is NVML's
+    (1, "", "1,0", 0),
+    (0, "", "GPU-8f3c", 1),
+    (2, "", "", 2),                                            # nothing to go by: the same number
+    (0, "ffffffff-0000-0000-0000-000000000000", "", 0),        # no such UUID: the same number
+])
+def test_matching_device(cuda_index, cuda_uuid, visible, expected):
+    assert nvml.matching_device(cuda_index, cuda_uuid, visible, UUIDS) == expected
 
 
 def test_session_shuts_down_when_the_body_raises(fake):
@@ -363,5 +459,5 @@ def _nvml_library_present() -> bool:
 @pytest.mark.skipif(_nvml_library_present(), reason="this machine has an NVML library")
 def test_real_bindings_without_a_driver_say_library_not_found():
     with pytest.raises(NvmlUnavailable) as caught:
-        nvml.device_count()
+        nvml.device_uuids()
     assert str(caught.value) == "NVML library not found: is the NVIDIA driver installed?"

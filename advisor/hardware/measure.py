@@ -234,21 +234,12 @@ def _measure_cpu(torch: Any) -> dict:
 
 # --------------------------------------------------------------------------- CUDA
 
-def _nvml_index(torch: Any, gpus: dict[int, Any]) -> int:
-    """NVML's index of CUDA device 0 (they differ under CUDA_VISIBLE_DEVICES), matched by UUID."""
-    uuid = str(getattr(torch.cuda.get_device_properties(0), "uuid", "") or "").removeprefix("GPU-")
-    for index, info in gpus.items():
-        if uuid and info.uuid.removeprefix("GPU-") == uuid:
-            return index
-    return min(gpus, default=0)
-
-
 def _measure_cuda(torch: Any) -> dict:
     from advisor.hardware import nvml  # lazy: NVML only where CUDA is
 
     if torch.cuda.is_initialized():
         raise ProbeFailed("CUDA is already initialised in this process: measure the profile in a fresh one")
-    before = {i: nvml.gpu_info(i) for i in range(nvml.device_count())}  # before any CUDA context
+    before = {d: nvml.gpu_info(d) for d in nvml.device_uuids()}  # before any CUDA context
     if not before:
         raise ProbeFailed("CUDA is available but NVML sees no GPU: cannot measure the device")
     torch.cuda.init()
@@ -256,7 +247,11 @@ def _measure_cuda(torch: Any) -> dict:
     x = torch.ones(64, 64, device="cuda")
     (x @ x).sum().item()  # a context, a cuBLAS handle and its workspace
     torch.cuda.synchronize()
-    index = _nvml_index(torch, before)
+    uuid = str(getattr(torch.cuda.get_device_properties(0), "uuid", "") or "")
+    index = nvml.matching_device(0, uuid, os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                                 {d: info.uuid for d, info in before.items()})
+    if index not in before:
+        raise ProbeFailed(f"NVML has no {nvml.describe(index)} to match CUDA device 0: cannot measure the device")
     after = nvml.gpu_info(index)
     context = after.memory.used_bytes - before[index].memory.used_bytes - torch.cuda.memory_reserved(0)
     del x
@@ -289,7 +284,7 @@ def _measure_cuda(torch: Any) -> dict:
         "driver_version": after.driver_version,
         "cuda_version": after.cuda_version,
         "notes": (
-            f"CUDA device measured by bsadvisor with torch {torch.__version__} (NVML GPU {index}, {after.uuid}). "
+            f"CUDA device measured by bsadvisor with torch {torch.__version__} (NVML {nvml.describe(index)}, {after.uuid}). "
             f"reserved_memory_bytes: {reserved_how}. context_overhead_bytes is NVML used memory after the "
             f"first CUDA work less before, less torch.cuda.memory_reserved(); other processes starting or "
             f"freeing memory meanwhile would distort it. TFLOP/s are torch.mm of {CUDA_MATMUL_N}x{CUDA_MATMUL_N} "

@@ -19,6 +19,18 @@ from advisor.errors import DeviceUnavailable
 _LIBRARY_NOT_FOUND = "NVML library not found: is the NVIDIA driver installed?"
 
 
+# NVML's number of a device: GPU i, or (i, j) for MIG device j of GPU i (a slice of the card, with
+# memory of its own, that CUDA sees as one device).
+DeviceId = int | tuple[int, int]
+
+
+def describe(device: DeviceId | None) -> str:
+    """"GPU 0" or "MIG device 1 of GPU 0", for messages and notes."""
+    if device is None:
+        return "a GPU"
+    return f"MIG device {device[1]} of GPU {device[0]}" if isinstance(device, tuple) else f"GPU {device}"
+
+
 class NvmlUnavailable(DeviceUnavailable):
     """NVML could not answer: no library, no driver, a lost GPU, or no such GPU (exit 3)."""
 
@@ -46,7 +58,7 @@ class GpuInfo:
     unsupported); inside a container, NVML reports host pids, so this process may be counted.
     """
 
-    index: int
+    index: DeviceId
     name: str
     uuid: str
     driver_version: str
@@ -74,20 +86,19 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _translate(nv: Any, exc: BaseException, index: int | None) -> NvmlUnavailable:
+def _translate(nv: Any, exc: BaseException, index: DeviceId | None) -> NvmlUnavailable:
     """The one-line NvmlUnavailable that stands for an NVMLError."""
     if isinstance(exc, _error_classes(nv, "NVMLError_LibraryNotFound")):
         return NvmlUnavailable(_LIBRARY_NOT_FOUND)
     if isinstance(exc, _error_classes(nv, "NVMLError_DriverNotLoaded")):
         return NvmlUnavailable("NVIDIA driver not loaded")
     if isinstance(exc, _error_classes(nv, "NVMLError_GpuIsLost")):
-        which = f"GPU {index}" if index is not None else "a GPU"
-        return NvmlUnavailable(f"{which} is lost (fell off the bus)")
+        return NvmlUnavailable(f"{describe(index)} is lost (fell off the bus)")
     return NvmlUnavailable(f"NVML error: {exc}")
 
 
 @contextmanager
-def _translating(nv: Any, index: int | None) -> Iterator[None]:
+def _translating(nv: Any, index: DeviceId | None) -> Iterator[None]:
     """Turn any NVMLError raised inside into NvmlUnavailable (chained, for --debug)."""
     try:
         yield
@@ -118,16 +129,58 @@ def nvml_session() -> Iterator[Any]:
             pass
 
 
-def device_count() -> int:
-    """How many GPUs NVML sees (raises NvmlUnavailable where there is no NVML)."""
+def device_uuids() -> dict[DeviceId, str]:
+    """Every GPU's UUID ("GPU-...") and, on GPUs in MIG mode, every MIG device's ("MIG-..."), by
+    NVML's numbering: to match torch's numbering with NVML's."""
     with nvml_session() as nv:
-        return int(nv.nvmlDeviceGetCount())
+        found: dict[DeviceId, str] = {}
+        for i in range(int(nv.nvmlDeviceGetCount())):
+            handle = nv.nvmlDeviceGetHandleByIndex(i)
+            found[i] = _text(nv.nvmlDeviceGetUUID(handle))
+            for j, mig in _mig_devices(nv, handle):
+                found[(i, j)] = _text(nv.nvmlDeviceGetUUID(mig))
+        return found
 
 
-def gpu_uuids() -> list[str]:
-    """Every GPU's UUID ("GPU-..."), in NVML's order: to match torch's numbering with NVML's."""
-    with nvml_session() as nv:
-        return [_text(nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i))) for i in range(int(nv.nvmlDeviceGetCount()))]
+def matching_device(cuda_index: int, cuda_uuid: str, visible_devices: str, uuids: dict[DeviceId, str]) -> DeviceId:
+    """NVML's number of CUDA device `cuda_index`, whose UUID CUDA gives as `cuda_uuid` ("" where torch
+    does not say). The numberings differ under CUDA_VISIBLE_DEVICES (`visible_devices`) and
+    CUDA_DEVICE_ORDER, so the device is matched by UUID among `uuids` (device_uuids()); a number in
+    CUDA_VISIBLE_DEVICES is NVML's; otherwise the numbers are taken as equal. A MIG device matches its
+    MIG UUID, so its budget is its slice's memory, not the whole card's."""
+    visible = [v.strip() for v in visible_devices.split(",") if v.strip()]
+    if not cuda_uuid and cuda_index < len(visible):
+        if visible[cuda_index].isdigit():
+            return int(visible[cuda_index])
+        cuda_uuid = visible[cuda_index]
+    if cuda_uuid:
+        bare = _bare_uuid(cuda_uuid)
+        for found, uuid in uuids.items():
+            if _bare_uuid(uuid) == bare or (len(bare) < 36 and _bare_uuid(uuid).startswith(bare)):
+                return found
+    return cuda_index
+
+
+def _bare_uuid(uuid: str) -> str:
+    """NVML writes "GPU-8f3c..." and "MIG-...", torch the bare UUID; CUDA_VISIBLE_DEVICES takes a prefix of either."""
+    uuid = uuid.strip().lower()
+    return uuid[4:] if uuid.startswith(("gpu-", "mig-")) else uuid
+
+
+def _mig_devices(nv: Any, handle: Any) -> Iterator[tuple[int, Any]]:
+    """(j, handle) of each MIG device on a GPU in MIG mode; nothing for other GPUs, drivers and bindings."""
+    unsupported = (AttributeError,) + _error_classes(nv, "NVMLError_NotSupported", "NVMLError_FunctionNotFound")
+    try:
+        if nv.nvmlDeviceGetMigMode(handle)[0] != 1:  # [current, pending]; 1: NVML_DEVICE_MIG_ENABLE
+            return
+        slots = int(nv.nvmlDeviceGetMaxMigDeviceCount(handle))
+    except unsupported:
+        return
+    for j in range(slots):
+        try:
+            yield j, nv.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)
+        except _error_classes(nv, "NVMLError_NotFound", "NVMLError_InvalidArgument"):
+            continue  # an empty slot
 
 
 def memory_info(handle: Any) -> GpuMemory:
@@ -184,17 +237,21 @@ def _other_processes_bytes(nv: Any, handle: Any) -> int | None:
     return None
 
 
-def gpu_info(index: int) -> GpuInfo:
-    """Everything bsadvisor needs to know about GPU `index` (NVML's numbering)."""
+def gpu_info(index: DeviceId) -> GpuInfo:
+    """Everything bsadvisor needs to know about a GPU or MIG device (NVML's numbering). A MIG device's
+    memory and processes are its own; its compute capability is its GPU's."""
+    gpu, mig = index if isinstance(index, tuple) else (index, None)
     with nvml_session() as nv, _translating(nv, index):
         count = int(nv.nvmlDeviceGetCount())
-        if not 0 <= index < count:
-            raise NvmlUnavailable(f"no GPU {index}: this machine has {count}")
+        missing = NvmlUnavailable(f"no {describe(index)}: this machine has {count} GPU{'s' * (count != 1)}")
+        if not 0 <= gpu < count:
+            raise missing
         try:
-            handle = nv.nvmlDeviceGetHandleByIndex(index)
-        except _error_classes(nv, "NVMLError_InvalidArgument", "NVMLError_NotFound") as exc:
-            raise NvmlUnavailable(f"no GPU {index}: this machine has {count}") from exc
-        major, minor = nv.nvmlDeviceGetCudaComputeCapability(handle)
+            parent = nv.nvmlDeviceGetHandleByIndex(gpu)
+            handle = parent if mig is None else dict(_mig_devices(nv, parent))[mig]
+        except (KeyError,) + _error_classes(nv, "NVMLError_InvalidArgument", "NVMLError_NotFound") as exc:
+            raise missing from exc
+        major, minor = nv.nvmlDeviceGetCudaComputeCapability(parent)
         return GpuInfo(
             index=index,
             name=_text(nv.nvmlDeviceGetName(handle)),
