@@ -24,6 +24,7 @@ from advisor.memory.max_batch import MEASURED_ON_CUDA, calibration, find_max_bat
 from advisor.memory.oom import try_step
 from advisor.memory.search import confirm_max_batch, largest_fitting_batch
 from advisor.memory.trace import StepTracer
+from advisor.probes.throughput import measure_throughput
 from advisor.spec import load_spec
 from tests.fake_cuda import MiB, FakeCudaBackend
 from tests.models import MLP
@@ -290,6 +291,55 @@ def test_recommend_on_cuda_uses_the_confirmed_batch(mlp):
     assert memory.max_batch < memory.predicted_max_batch and memory.method == MEASURED_ON_CUDA
     assert plan.micro_batch <= memory.safe_max_batch < memory.max_batch
     assert "measured on CUDA" in advisor.report.throughput.method
+
+
+# ----------------------------------------------------------------------------- timing on CUDA
+
+class FakeEvent:
+    def __init__(self, log, enable_timing):
+        assert enable_timing
+        self.log, self.at = log, None
+
+    def record(self):
+        self.log.append("record")
+        self.at = len(self.log)
+
+    def synchronize(self):
+        self.log.append("event synchronize")
+
+    def elapsed_time(self, end):
+        return 250.0  # milliseconds, as CUDA events give them
+
+
+def test_a_step_is_timed_by_cuda_events_after_synchronising(monkeypatch):
+    log = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("synchronize"))
+    monkeypatch.setattr(torch.cuda, "Event", lambda enable_timing=False: FakeEvent(log, enable_timing))
+    seconds = Backend(torch.device("cuda", 0)).timed(lambda: log.append("step"))
+    assert seconds == 0.25
+    # Work queued before is finished first; the end event is waited on, not the whole device.
+    assert log == ["synchronize", "record", "step", "record", "event synchronize"]
+
+
+class ScriptedClock(FakeCudaBackend):
+    """The warm-up step is slow (kernels compile, caches fill); the steps after it take 10 ms each part."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def timed(self, fn) -> float:
+        fn()
+        self.calls += 1
+        return 50.0 if self.calls <= 2 else 0.01  # the warm-up's forward-backward and optimizer step
+
+
+def test_the_warm_up_step_is_not_timed(mlp):
+    backend = ScriptedClock()
+    result = measure_throughput(load_spec(mlp), backend, [4], warmup_steps=1, timed_steps=5)
+    assert backend.calls == 2 * (1 + 5)
+    assert [(p.step_seconds, p.optimizer_seconds) for p in result.points] == [(0.02, 0.01)]
+    assert result.method == "measured on CUDA: median of 5 timed steps after 1 warm-up"
 
 
 # ----------------------------------------------------------------------------- OOM in the throughput and noise probes
