@@ -216,15 +216,24 @@ def machine() -> dict:
         if dirty:
             commit += " (with uncommitted changes to advisor/)"
     return {"nproc": os.cpu_count(), "cpu": cpu, "mem_total_bytes": mem, "threads": torch.get_num_threads(),
-            "versions": versions, "commit": commit, "platform": platform.platform(),
+            "gpu": gpu(), "versions": versions, "commit": commit, "platform": platform.platform(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def gpu() -> str | None:
+    """The GPU a CUDA run used, named (None without one). Called after the measurements: it starts CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return f"{props.name}, {props.total_memory / 2**30:.1f} GiB, CUDA {torch.version.cuda}"
 
 
 def machine_line(info: dict) -> str:
     v = info["versions"]
     vers = ", ".join(f"{k} {val}" for k, val in v.items())
     mem = f", {info['mem_total_bytes'] / 2**30:.0f} GiB RAM" if info.get("mem_total_bytes") else ""
-    return (f"{info['date']}; {info['cpu']}, nproc {info['nproc']}{mem}, torch threads {info['threads']}; "
+    gpu_name = f", GPU {info['gpu']}" if info.get("gpu") else ""
+    return (f"{info['date']}; {info['cpu']}, nproc {info['nproc']}{mem}{gpu_name}, torch threads {info['threads']}; "
             f"{vers}; bsadvisor commit {info['commit']}")
 
 

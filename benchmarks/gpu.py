@@ -1,0 +1,212 @@
+"""The CUDA path on a real GPU, in one run: the figures a GPU session owes (issue #3).
+
+    python3 benchmarks/gpu.py                        # on a GPU machine: every study (a few minutes)
+    python3 benchmarks/gpu.py --quick --device cpu   # checks the script on a CPU; figures meaningless
+
+1. **Trace against the allocator.** For each model, the batch whose fake-mode traced peak is about
+   `--target` bytes, its traced peak, and one real steady-state step's `torch.cuda.max_memory_reserved`
+   and `max_memory_allocated` (the allocator's cache emptied and its peak statistics reset first).
+2. **The largest batch under a budget.** `Advisor.memory()`, which is what `bsadvisor max-batch
+   --memory B` runs: its answer, the real steps it took, and its time. Then fresh real steps check it:
+   the reported batch must fit (reserved bytes within the budget less the CUDA context), and the
+   batch + 3% must run out of memory or exceed the budget. Budgets: `--budget` and, on CUDA, the whole
+   free card.
+3. **`bsadvisor recommend examples/gpt_stdlib.py --device cuda --json`**, run as a user runs it
+   (a new process, imports included): its wall time and answer.
+4. **Beside a process holding half the card** (CUDA only): `bsadvisor max-batch --isolate --json`
+   must read its budget from NVML, within the total less the other process's bytes, and its confirmed
+   step must fit that budget.
+
+On the CPU, studies 1 and 2 compare the trace with real tracked steps (no allocator, no context),
+and study 4 is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import common  # noqa: E402
+from advisor.device import resolve_device  # noqa: E402
+from advisor.memory.cuda import RealSteps  # noqa: E402
+from advisor.memory.oom import free_device_memory  # noqa: E402
+from advisor.memory.search import largest_fitting_batch  # noqa: E402
+from advisor.memory.trace import StepTracer  # noqa: E402
+from advisor.pipeline import Advisor, Settings  # noqa: E402
+from advisor.spec import check_contract, load_spec  # noqa: E402
+from advisor.units import format_bytes, parse_size  # noqa: E402
+
+GPT = common.MODELS["gpt_stdlib"]
+FULL = {"target": "1GiB", "budget": "2GiB", "recommend_flags": []}
+QUICK = {"target": "16MiB", "budget": "32MiB",
+         "recommend_flags": ["--max-step-seconds", "0.05", "--noise-warmup-steps", "1"]}
+
+
+def trace_against_allocator(name: str, path: Path, device: str, target: int) -> dict:
+    spec = load_spec(path)
+    smallest = check_contract(spec)
+    tracer = StepTracer(spec, smallest=smallest)
+    batch = largest_fitting_batch(tracer.peak, target, smallest=smallest).max_batch
+    traced = tracer.peak(batch)
+    real = RealSteps(spec, resolve_device(device), smallest=smallest)
+    reserved = real.peak(batch)
+    allocated = None if real.peaks[batch] is None else real.peaks[batch].allocated
+    del real
+    free_device_memory(device)
+    error = None if reserved is None else (traced - reserved) / reserved
+    return {"model": name, "batch": batch, "traced_bytes": traced, "reserved_bytes": reserved,
+            "allocated_bytes": allocated, "error": error}
+
+
+def largest_batch(name: str, path: Path, device: str, budget: int | None) -> dict:
+    spec = load_spec(path)
+    with common.stopwatch() as took:
+        advisor = Advisor(spec, resolve_device(device), Settings(memory_bytes=budget))
+        memory = advisor.memory()
+    seconds = took()
+    room = memory.budget.bytes - memory.context_bytes
+    real = RealSteps(spec, advisor.backend, smallest=advisor.smallest)
+    at = real.peak(memory.max_batch)
+    above_batch = math.ceil(1.03 * memory.max_batch)
+    above = real.peak(above_batch)
+    del real, advisor
+    free_device_memory(device)
+    return {"model": name, "budget_bytes": memory.budget.bytes, "budget_source": memory.budget.source,
+            "context_bytes": memory.context_bytes, "predicted": memory.predicted_max_batch,
+            "max_batch": memory.max_batch, "safe_max_batch": memory.safe_max_batch, "real_steps": memory.real_steps,
+            "seconds": seconds, "reserved_at_max": at, "fits": at is not None and at <= room,
+            "above_batch": above_batch, "reserved_above": above, "above_out_of_memory": above is None,
+            "above_fails": above is None or above > room}
+
+
+def recommend_gpt(device: str, flags: list[str]) -> dict:
+    command = [sys.executable, "-m", "advisor", "recommend", str(GPT), "--device", device, "--json", *flags]
+    with common.stopwatch() as took:
+        run = subprocess.run(command, capture_output=True, text=True, cwd=common.REPO, timeout=600)
+    result = {"command": " ".join(["bsadvisor", *command[3:]]), "exit_code": run.returncode, "seconds": took()}
+    if run.returncode != 0:
+        return result | {"stderr": run.stderr[-2000:]}
+    doc = json.loads(run.stdout)
+    rec = doc["recommendation"]
+    return result | {"batch": rec["batch_size"], "lr": rec["learning_rate"], "max_batch": doc["memory"]["max_batch"],
+                     "probe_seconds": {k: doc[k]["seconds"] for k in ("memory", "throughput", "noise")}}
+
+
+def beside_half_the_card() -> dict:
+    free, total = torch.cuda.mem_get_info()
+    hog_bytes = free // 2
+    hog = subprocess.Popen([sys.executable, "-c", (
+        "import time, torch\n"
+        f"x = torch.empty({hog_bytes}, dtype=torch.uint8, device='cuda')\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(900)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        if hog.stdout.readline().strip() != "ready":
+            return {"error": "the process holding half the card did not start"}
+        command = [sys.executable, "-m", "advisor", "max-batch", str(GPT), "--device", "cuda", "--isolate", "--json"]
+        with common.stopwatch() as took:
+            run = subprocess.run(command, capture_output=True, text=True, cwd=common.REPO, timeout=600)
+    finally:
+        hog.kill()
+        hog.wait()
+    result = {"total_bytes": total, "held_bytes": hog_bytes, "exit_code": run.returncode, "seconds": took()}
+    if run.returncode != 0:
+        return result | {"stderr": run.stderr[-2000:]}
+    memory = json.loads(run.stdout)["memory"]
+    confirmed = next((m for m in memory["measured"] if m["batch"] == memory["max_batch"]), None)
+    return result | {
+        "budget_bytes": memory["budget_bytes"], "budget_source": memory["budget_source"],
+        "context_bytes": memory["context_bytes"], "max_batch": memory["max_batch"], "real_steps": memory["real_steps"],
+        "respects_the_other": memory["budget_bytes"] <= total - hog_bytes,
+        "confirmed_fits": confirmed is not None and not confirmed["out_of_memory"]
+        and confirmed["reserved_bytes"] + memory["context_bytes"] <= memory["budget_bytes"]}
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.1%}"
+
+
+def size(n: int | None) -> str:
+    return "out of memory" if n is None else format_bytes(n)
+
+
+def report(data: dict) -> str:
+    out = ["**Trace against the allocator** (one real steady-state step at the batch whose traced peak is "
+           f"about {data['config']['target']}; error = (traced − real reserved) / real reserved):", ""]
+    out.append(common.table(["model", "batch", "traced", "max_memory_reserved", "max_memory_allocated", "error"], [
+        [r["model"], r["batch"], size(r["traced_bytes"]), size(r["reserved_bytes"]), size(r["allocated_bytes"]),
+         pct(r["error"])] for r in data["trace"]]))
+    out += ["", "**Largest batch, then checked by fresh real steps** (fits: reserved ≤ budget − context; "
+            "+3%: out of memory or over the budget):", ""]
+    out.append(common.table(
+        ["model", "budget", "context", "trace said", "max batch", "real steps", "time", "fits", "batch +3%"],
+        [[r["model"], f"{size(r['budget_bytes'])} ({r['budget_source']})", size(r["context_bytes"]),
+          r["predicted"] if r["predicted"] is not None else "n/a", r["max_batch"], r["real_steps"],
+          f"{r['seconds']:.2f} s", "yes" if r["fits"] else "NO",
+          f"{r['above_batch']}: " + ("out of memory" if r["above_out_of_memory"] else
+                                     ("over the budget" if r["above_fails"] else "FITS"))]
+         for r in data["largest"]]))
+    rec = data["recommend"]
+    out += ["", f"**`{rec['command']}`**: exit {rec['exit_code']} in {rec['seconds']:.1f} s wall"]
+    if rec["exit_code"] == 0:
+        probes = ", ".join(f"{k} {v:.1f} s" for k, v in rec["probe_seconds"].items())
+        out[-1] += f" ({probes}); batch {rec['batch']} at lr {rec['lr']:.3g}, max batch {rec['max_batch']}."
+    half = data.get("half_card")
+    if half:
+        out += ["", f"**Beside a process holding half the card** ({size(half['held_bytes'])} of "
+                    f"{size(half['total_bytes'])}): exit {half['exit_code']} in {half['seconds']:.1f} s"]
+        if half["exit_code"] == 0:
+            out[-1] += (f"; budget {size(half['budget_bytes'])} ({half['budget_source']}), within the total less the "
+                        f"other's: {'yes' if half['respects_the_other'] else 'NO'}; max batch {half['max_batch']} "
+                        f"after {half['real_steps']} real steps, its step fits the budget: "
+                        f"{'yes' if half['confirmed_fits'] else 'NO'}.")
+    return "\n".join(out)
+
+
+def plot(data: dict, out: Path) -> None:
+    plt = common.plt()
+    rows = [r for r in data["trace"] if r["reserved_bytes"]]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar([r["model"] for r in rows], [100 * r["error"] for r in rows])
+    ax.axhline(5, color="grey", linestyle="--")
+    ax.axhline(-5, color="grey", linestyle="--")
+    ax.set_ylabel("traced − real reserved (%)")
+    ax.set_title("fake-mode trace against max_memory_reserved")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = common.argument_parser(__doc__, "gpu", "tiny sizes and probes: checks the script, figures meaningless")
+    ap.add_argument("--device", default="cuda", help="cuda (the point) or cpu (to check the script)")
+    ap.add_argument("--models", default=",".join(common.MODELS))
+    args = common.parse_arguments(ap)
+    cfg = QUICK if args.quick else FULL
+    if args.from_results:
+        data = common.load_results(common.results_name("gpu", args.quick))
+    else:
+        cuda = args.device.startswith("cuda")
+        if cuda and not torch.cuda.is_available():
+            sys.exit("benchmarks/gpu.py: no CUDA device here; run it on a GPU machine (or --device cpu to check it)")
+        models = {name: common.MODELS[name] for name in args.models.split(",")}
+        trace = [trace_against_allocator(n, p, args.device, parse_size(cfg["target"])) for n, p in models.items()]
+        budgets = [parse_size(cfg["budget"])] + ([None] if cuda else [])
+        largest = [largest_batch(n, p, args.device, b) for b in budgets for n, p in models.items()]
+        recommend = recommend_gpt(args.device, cfg["recommend_flags"])
+        half = beside_half_the_card() if cuda else None
+        data = {"machine": common.machine(), "command": common.command_line(), "config": cfg, "device": args.device,
+                "trace": trace, "largest": largest, "recommend": recommend, "half_card": half}
+        common.save_results(common.results_name("gpu", args.quick), data)
+    common.publish(args, "gpu", data, report(data), plot, "fake-mode trace against the allocator")
+
+
+if __name__ == "__main__":
+    main()
