@@ -49,7 +49,7 @@ def check_capacity(spec: ModelSpec, profile: dict, batch_size: int, margin: floa
                    min_max_batch: int | None = None, seed: int = 0) -> CapacityCheck:
     started = time.perf_counter()
     smallest = check_contract(spec)
-    tracer = StepTracer(spec, fake=True, seed=seed, smallest=smallest)
+    tracer = StepTracer(spec, fake=True, seed=seed, smallest=smallest, batch_on_host=False)  # a GPU's copy
     usable = profile_budget(profile).bytes
     budget = usable * (1 - margin)
     peaks: dict[int, int] = {}

@@ -83,7 +83,8 @@ class Advisor:
         if self.report.memory is None:
             self.progress("tracing peak memory")(0, 1)
             budget = self._budget()  # before this process's first CUDA work: the context is measured against it
-            self._tracer = StepTracer(self.spec, fake=True, seed=self.settings.seed, smallest=self.smallest)
+            self._tracer = StepTracer(self.spec, fake=True, seed=self.settings.seed, smallest=self.smallest,
+                                      batch_on_host=not self.backend.is_cuda and self.settings.profile is None)
             if distributed.active():  # the fake trace cannot run DDP: its buckets are added, labelled
                 self._tracer = WithBuckets(self._tracer, distributed.bucket_bytes(self._optimizer_model()))
             real = None

@@ -28,6 +28,46 @@ def optimizer(params):
     return torch.optim.SGD(params, lr=0.01, momentum=0.9)
 """
 
+# Inputs and targets as views of one freshly made storage, as token models cut them: the step holds
+# the rows once, not two compact copies.
+VIEWS = """
+import torch
+
+def model():
+    return torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Flatten(), torch.nn.Linear(16 * 8, 50))
+
+def batch(n):
+    rows = torch.randint(0, 50, (n, 9))
+    return rows[:, :-1], rows[:, -1]
+"""
+
+# A target sliced out of a wider tensor (the last column of the rows the input was made from): on the host
+# the step holds all the rows for it; a copy to a GPU holds the column alone.
+SLICED = """
+import torch
+
+def model():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 50, 50))
+
+def batch(n):
+    rows = torch.randint(0, 50, (n, 9))
+    return torch.nn.functional.one_hot(rows[:, :-1], 50).float(), rows[:, -1]
+"""
+
+# Batches sliced out of a dataset that is in memory before and after the step: not the step's memory.
+DATASET = """
+import torch
+DATA = torch.randn(50_000, 20)
+LABELS = torch.randint(0, 2, (50_000,))
+
+def model():
+    return torch.nn.Linear(20, 2)
+
+def batch(n):
+    i = int(torch.randint(0, 50_000 - n, ()))
+    return DATA[i:i + n], LABELS[i:i + n]
+"""
+
 
 def test_tracker_counts_live_bytes_and_forgets_freed_ones():
     tracker = LiveStorageTracker()
@@ -45,12 +85,29 @@ def test_tracker_counts_live_bytes_and_forgets_freed_ones():
     del a, view, c
 
 
-@pytest.mark.parametrize("source", [MLP, CNN], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("source", [MLP, CNN, VIEWS, SLICED], ids=["mlp", "cnn", "views", "sliced"])
 def test_fake_trace_equals_real_tracked_steps(write_model, source):
     spec = load_spec(write_model(source))
     fake, real = StepTracer(spec, fake=True), StepTracer(spec, fake=False)
     for size in (1, 3, 17, 64):
         assert fake.peak(size) == real.peak(size)
+
+
+def test_on_the_host_a_slice_holds_its_rows_and_on_a_device_only_itself(write_model):
+    spec = load_spec(write_model(SLICED))
+    host, device = StepTracer(spec), StepTracer(spec, batch_on_host=False)
+    assert host.layout == [(0, 8 * 50 * 4), (1, 9 * 8)]  # the one-hot input; the rows behind the target
+    per_example = {name: t.peak(101) - t.peak(100) for name, t in (("host", host), ("device", device))}
+    assert per_example["host"] - per_example["device"] == 8 * 8  # the 8 other int64 of each row
+
+
+def test_a_slice_of_a_dataset_in_memory_is_not_the_steps_memory(write_model):
+    spec = load_spec(write_model(DATASET))
+    tracer = StepTracer(spec)
+    assert tracer.layout == [None, None]  # its storage does not grow with the batch
+    dataset_bytes = 50_000 * 20 * 4
+    assert tracer.peak(64) < dataset_bytes / 10
+    assert tracer.peak(64) == StepTracer(spec, batch_on_host=False).peak(64)
 
 
 def test_fake_trace_at_a_huge_batch_allocates_nothing_and_is_fast(write_model):

@@ -6,6 +6,7 @@ tracker: exact and honest, but it allocates the batch (tests and a fall-back use
 """
 
 import contextlib
+import math
 from typing import Any
 
 import torch
@@ -14,14 +15,18 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from advisor.errors import ProbeFailed
 from advisor.memory.tracker import LiveStorageTracker
 from advisor.spec import ModelSpec, one_line
-from advisor.step import map_tensors, train_step
+from advisor.step import map_tensors, tensors_in, train_step
 
 
 class StepTracer:
-    def __init__(self, spec: ModelSpec, fake: bool = True, seed: int = 0, smallest: int = 1):
+    def __init__(self, spec: ModelSpec, fake: bool = True, seed: int = 0, smallest: int = 1,
+                 batch_on_host: bool = True):
+        """`batch_on_host`: the step holds the batch as `batch()` made it (CPU), so fake batches keep its
+        layout; False where the step holds a copy on a device, one compact tensor each (CUDA, profiles)."""
         self.spec, self.fake = spec, fake
         torch.manual_seed(seed)
         self.example = spec.batch(smallest)  # the batch's structure: shapes past the first dimension, dtypes
+        self.layout = host_layout(self.example, spec.batch(2 * smallest), smallest) if fake and batch_on_host else None
         self.mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else None
         self.model = spec.model()
         if fake:
@@ -59,7 +64,50 @@ class StepTracer:
     def _batch(self, size: int) -> Any:
         if not self.fake:
             return self.spec.batch(size)
-        return map_tensors(lambda t: torch.empty((size, *t.shape[1:]), dtype=t.dtype), self.example)
+        if self.layout is None:
+            return map_tensors(lambda t: torch.empty((size, *t.shape[1:]), dtype=t.dtype), self.example)
+        return fake_batch_like(self.example, self.layout, size)
+
+
+def host_layout(example: Any, twice: Any, smallest: int) -> list[tuple[int, float] | None]:
+    """How each tensor of a batch holds memory on the host, from batch(smallest) and batch(2·smallest):
+    (storage group, bytes per example) for tensors whose storage grows with the batch, shared between
+    views of one storage (x, y = chunk[:, :-1], chunk[:, 1:] hold the chunk once; y = rows[:, -1] holds
+    all of `rows`); None, one compact tensor, for the rest (a view into data that exists anyway)."""
+    tensors, doubled = tensors_in(example), tensors_in(twice)
+    if len(tensors) != len(doubled):
+        return [None] * len(tensors)
+    groups: dict[int, tuple[int, torch.dtype]] = {}
+    layout: list[tuple[int, float] | None] = []
+    for t, t2 in zip(tensors, doubled):
+        nbytes, key = t.untyped_storage().nbytes(), t.untyped_storage().data_ptr()
+        grows = t.dim() > 0 and nbytes > 0 and t2.untyped_storage().nbytes() == 2 * nbytes
+        group = groups.setdefault(key, (len(groups), t.dtype)) if grows else None
+        layout.append((group[0], nbytes / smallest) if group and group[1] == t.dtype else None)
+    return layout
+
+
+def fake_batch_like(example: Any, layout: list[tuple[int, float] | None], size: int) -> Any:
+    """Fake tensors of batch `size` laid out as `host_layout` says: views of one storage per group."""
+    tensors = tensors_in(example)
+    elements: dict[int, int] = {}  # per group: enough for its share of the batch and for every view's extent
+    for t, where in zip(tensors, layout):
+        if where is not None:
+            shape = (size, *t.shape[1:])
+            extent = t.storage_offset() + sum((n - 1) * step for n, step in zip(shape, t.stride())) + 1
+            elements[where[0]] = max(elements.get(where[0], 0), math.ceil(where[1] * size / t.element_size()), extent)
+    bases: dict[int, torch.Tensor] = {}
+    places = iter(layout)
+
+    def like(t: torch.Tensor) -> torch.Tensor:
+        where, shape = next(places), (size, *t.shape[1:])
+        if where is None:
+            return torch.empty(shape, dtype=t.dtype)
+        if where[0] not in bases:
+            bases[where[0]] = torch.empty(elements[where[0]], dtype=t.dtype)
+        return bases[where[0]].as_strided(shape, t.stride(), t.storage_offset())
+
+    return map_tensors(like, example)
 
 
 def _make_fake(model: torch.nn.Module, mode: FakeTensorMode) -> None:
