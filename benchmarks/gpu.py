@@ -52,7 +52,7 @@ QUICK = {"target": "16MiB", "budget": "32MiB",
 def trace_against_allocator(name: str, path: Path, device: str, target: int) -> dict:
     spec = load_spec(path)
     smallest = check_contract(spec)
-    tracer = StepTracer(spec, smallest=smallest)
+    tracer = StepTracer(spec, smallest=smallest, batch_on_host=not device.startswith("cuda"))  # as Advisor does
     batch = largest_fitting_batch(tracer.peak, target, smallest=smallest).max_batch
     traced = tracer.peak(batch)
     real = RealSteps(spec, resolve_device(device), smallest=smallest)

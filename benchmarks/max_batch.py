@@ -9,10 +9,13 @@ memory budget. On the CPU the budget is enforced by `common.MemoryBudget`: bsadv
 live-tensor tracker, raising the CUDA out-of-memory error that each tool catches once the live bytes
 pass the budget. The tools:
 
-- bsadvisor: `Advisor(...).memory()` in-process, i.e. `bsadvisor max-batch MODEL --device cpu
-  --memory BUDGET --margin 0`; the CLI is also run once to show it gives the same batch, and its
-  end-to-end wall time (interpreter start and imports included). It needs no budget enforcement:
-  it traces steps under FakeTensorMode and never allocates the batch.
+- bsadvisor: `Advisor(...).memory()` in-process, i.e. `bsadvisor max-batch MODEL --profile
+  h100-sxm-80gb --memory BUDGET --margin 0`: a GPU's budget (the profile) capped at BUDGET, so that
+  like the enforced budget it counts the batch as copied to the device, one compact tensor each (with
+  `--device cpu` it would count the batch as `batch()` lays it out on the host, which is what CPU
+  training holds). The CLI is also run once to show it gives the same batch, and its end-to-end wall
+  time (interpreter start and imports included). It needs no budget enforcement: it traces steps
+  under FakeTensorMode and never allocates the batch.
 - Lightning `Tuner.scale_batch_size` (the BatchSizeFinder), `power` and `binsearch` modes, defaults
   (init_val 2, steps_per_trial 3, max_trials 25, max_val 8192) except `margin=0` for binsearch.
 - Accelerate `find_executable_batch_size`, starting at 8192 (Lightning's max_val), 3 steps a trial.
@@ -45,12 +48,14 @@ import torch  # noqa: E402
 
 import common  # noqa: E402
 from advisor.device import resolve_device  # noqa: E402
+from advisor.hardware.profiles import load as load_profile  # noqa: E402
 from advisor.pipeline import Advisor, Settings  # noqa: E402
 from advisor.step import train_step  # noqa: E402
 from advisor.units import parse_size  # noqa: E402
 
 BUDGETS = {"mlp_unicode": "16MiB", "cnn_bytes": "128MiB", "gpt_stdlib": "768MiB"}
 QUICK_BUDGETS = {"mlp_unicode": "2MiB", "cnn_bytes": "8MiB", "gpt_stdlib": "48MiB"}
+PROFILE = "h100-sxm-80gb"  # any GPU's: --memory, far smaller, is the budget
 STEPS_PER_TRIAL = 3
 TOP = 8192  # Lightning's default max_val; Accelerate starts here
 TOOLS = ["bsadvisor", "lightning-power", "lightning-binsearch", "accelerate", "autobatch-fit"]
@@ -62,7 +67,7 @@ def run_bsadvisor(spec, budget, seed):
     counter = common.StepCounter(spec, count_real_in_loss=True)
     with common.stopwatch() as took:
         advisor = Advisor(counter.spec, resolve_device("cpu"),
-                          Settings(memory_bytes=budget, margin=0.0, seed=seed))
+                          Settings(memory_bytes=budget, margin=0.0, seed=seed, profile=load_profile(PROFILE)))
         batch = advisor.memory().max_batch
     return {"batch": batch, "seconds": took(), "counter": counter,
             "how": "fake-mode traces + 2 real contract steps"}
@@ -203,7 +208,7 @@ RUNNERS = {
 
 
 def run_cli(path: Path, budget: int, seed: int) -> dict:
-    cmd = ["bsadvisor", "max-batch", str(path.relative_to(common.REPO)), "--device", "cpu", "--memory", str(budget),
+    cmd = ["bsadvisor", "max-batch", str(path.relative_to(common.REPO)), "--profile", PROFILE, "--memory", str(budget),
            "--margin", "0", "--seed", str(seed), "--json"]
     with common.stopwatch() as took:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)
