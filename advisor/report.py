@@ -156,7 +156,7 @@ def _memory_table(m: dict) -> Table:
         table.add_row("predicted by the trace", str(m["predicted_max_batch"]),
                       f"{m['real_steps']} real steps confirmed or corrected it")
     table.add_row(f"with {m['margin']:.0%} margin kept free", str(m["safe_max_batch"]),
-                  "tracked, scaled by real / traced of a real step there" if m.get("real_steps") else "tracked")
+                  "tracked, calibrated by the real steps (real against traced)" if m.get("real_steps") else "tracked")
     table.add_row("budget", format_bytes(m["budget_bytes"]), m["budget_source"])
     if m.get("context_bytes"):
         table.add_row("CUDA context", format_bytes(m["context_bytes"]), "measured: NVML free before - after, "

@@ -26,7 +26,8 @@ class StepTracer:
         self.spec, self.fake = spec, fake
         torch.manual_seed(seed)
         self.example = spec.batch(smallest)  # the batch's structure: shapes past the first dimension, dtypes
-        self.layout = host_layout(self.example, spec.batch(2 * smallest), smallest) if fake and batch_on_host else None
+        self.layout = (host_layout(self.example, spec.batch(2 * smallest), smallest) if fake and batch_on_host
+                       else [None] * len(tensors_in(self.example)))  # one compact tensor each
         self.mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else None
         self.model = spec.model()
         if fake:
@@ -64,8 +65,6 @@ class StepTracer:
     def _batch(self, size: int) -> Any:
         if not self.fake:
             return self.spec.batch(size)
-        if self.layout is None:
-            return map_tensors(lambda t: torch.empty((size, *t.shape[1:]), dtype=t.dtype), self.example)
         return fake_batch_like(self.example, self.layout, size)
 
 
@@ -88,7 +87,8 @@ def host_layout(example: Any, twice: Any, smallest: int) -> list[tuple[int, floa
 
 
 def fake_batch_like(example: Any, layout: list[tuple[int, float] | None], size: int) -> Any:
-    """Fake tensors of batch `size` laid out as `host_layout` says: views of one storage per group."""
+    """Fake tensors of batch `size` laid out as `host_layout` says: views of one storage per group, a
+    compact tensor where the layout says None."""
     tensors = tensors_in(example)
     elements: dict[int, int] = {}  # per group: enough for its share of the batch and for every view's extent
     for t, where in zip(tensors, layout):
