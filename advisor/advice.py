@@ -83,24 +83,27 @@ def make_plan(fit: StepTimeFit, optimizer_seconds: float, micro: int, steps: int
     return Plan(micro, steps, plan_seconds(fit, optimizer_seconds, micro, steps), devices)
 
 
-def plan_for_batch(fit: StepTimeFit, optimizer_seconds: float, batch: int, max_micro: int, devices: int = 1) -> Plan:
-    """The fewest accumulation steps that reach about `batch` (global) with micro-batches that fit."""
+def plan_for_batch(fit: StepTimeFit, optimizer_seconds: float, batch: int, max_micro: int, devices: int = 1,
+                   min_micro: int = 1) -> Plan:
+    """The fewest accumulation steps that reach about `batch` (global) with micro-batches that fit
+    and train (`min_micro`: 2 where batch 1 cannot, as with BatchNorm)."""
     steps = math.ceil(batch / (max_micro * devices))
-    return make_plan(fit, optimizer_seconds, max(math.ceil(batch / (steps * devices)), 1), steps, devices)
+    return make_plan(fit, optimizer_seconds, max(math.ceil(batch / (steps * devices)), min_micro), steps, devices)
 
 
 def best_plan(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int,
-              max_micro: int, max_accumulation: int = 64, devices: int = 1) -> Plan:
+              max_micro: int, max_accumulation: int = 64, devices: int = 1, min_micro: int = 1) -> Plan:
     """The micro-batch × accumulation that maximises goodput. For k steps on n devices the optimum
     global batch is √(φ·A_k·n/β) with A_k the batch-independent time of the whole k-step update; on
-    one device k = 1 gives DESIGN's B* = √(φ·α/β), clipped to the memory limit."""
+    one device k = 1 gives DESIGN's B* = √(φ·α/β), clipped to [min_micro, max_micro]: a micro-batch
+    below the smallest that trains (2 with BatchNorm) is never advised, whatever the timings say."""
     best, best_value = None, -1.0
     for steps in range(1, max_accumulation + 1):
         fixed = plan_seconds(fit, optimizer_seconds, 0, steps)
         ideal = max_micro if math.isinf(noise_scale) else min(
             math.sqrt(noise_scale * fixed * devices / fit.beta) / (steps * devices), max_micro)
         for micro in {math.floor(ideal), math.ceil(ideal)}:
-            plan = make_plan(fit, optimizer_seconds, min(max(micro, 1), max_micro), steps, devices)
+            plan = make_plan(fit, optimizer_seconds, min(max(micro, min_micro), max_micro), steps, devices)
             value = goodput(plan, noise_scale, base_batch)
             if value > best_value * (1 + 1e-12):  # ties go to fewer accumulation steps
                 best, best_value = plan, value
@@ -144,9 +147,9 @@ class Recommendation:
 
 
 def recommend(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int, base_lr: float,
-              family: str, max_micro: int, devices: int = 1) -> Recommendation:
-    plan = best_plan(fit, optimizer_seconds, noise_scale, base_batch, max_micro, devices=devices)
-    base = plan_for_batch(fit, optimizer_seconds, base_batch, max_micro, devices)
+              family: str, max_micro: int, devices: int = 1, min_micro: int = 1) -> Recommendation:
+    plan = best_plan(fit, optimizer_seconds, noise_scale, base_batch, max_micro, devices=devices, min_micro=min_micro)
+    base = plan_for_batch(fit, optimizer_seconds, base_batch, max_micro, devices, min_micro)
     gain = goodput(plan, noise_scale, base_batch) / goodput(base, noise_scale, base_batch)
     factor, rule = learning_rate_factor(noise_scale, base_batch, plan.batch_size, family)
     ideal = math.sqrt(noise_scale * fit.alpha / fit.beta) if fit.alpha > 0 else 0.0
@@ -198,13 +201,14 @@ class ClusterPlan:
 
 def cluster_plan(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int, base_lr: float,
                  family: str, max_micro: int, gpus: int, grad_bytes: int, bandwidth_gb_per_s: float,
-                 latency_us: float, profile: str, measured_on: str, measured_devices: int = 1) -> ClusterPlan:
+                 latency_us: float, profile: str, measured_on: str, measured_devices: int = 1,
+                 min_micro: int = 1) -> ClusterPlan:
     """The goodput-best plan on `gpus` devices, the all-reduce paid once per optimizer step: it is added
     to the batch-independent time α and to the once-per-update time τ, so T = k·(α − τ + β·m) + τ + AR."""
     allreduce = ring_allreduce_seconds(grad_bytes, gpus, bandwidth_gb_per_s, latency_us)
     with_comm = StepTimeFit(fit.alpha + allreduce, fit.beta)
     rec = recommend(with_comm, optimizer_seconds + allreduce, noise_scale, base_batch, base_lr, family, max_micro,
-                    devices=gpus)
+                    devices=gpus, min_micro=min_micro)
     measured = f"{measured_devices} ranks" if measured_devices > 1 else "one device"
     method = (f"predicted: per-device step time {measured_on} ({measured}) plus a ring all-reduce of "
               f"{grad_bytes} gradient bytes over {gpus} GPUs from the profile {profile!r}'s interconnect "

@@ -181,7 +181,7 @@ class Advisor:
                 limit = min(limit, throughput.out_of_memory_at - 1)
             self.report.recommendation = recommend(
                 self.report.fit, optimizer_seconds, noise.scale.b_simple, self.base_batch(), self.base_lr(),
-                self.family(), limit, devices=self.devices)
+                self.family(), limit, devices=self.devices, min_micro=self.smallest)
             self._trace_peaks([p.batch for p in throughput.points] +
                               [self.report.recommendation.plan.micro_batch, self.base_batch()])
             if self.settings.plan_gpus:
@@ -199,14 +199,15 @@ class Advisor:
             self.report.fit, min(p.optimizer_seconds for p in throughput.points), noise.scale.b_simple,
             self.base_batch(), self.base_lr(), self.family(), self.memory().safe_max_batch,
             self.settings.plan_gpus, distributed.bucket_bytes(self._optimizer_model()), bandwidth, latency or 0.0,
-            profile["name"], self.backend.measured_on, measured_devices=self.devices)
+            profile["name"], self.backend.measured_on, measured_devices=self.devices, min_micro=self.smallest)
 
     def _trace_peaks(self, sizes: list[int]) -> None:
         """Trace the peak of every batch the report shows (cheap under FakeTensorMode), so none is
-        an extrapolation."""
+        an extrapolation. Sizes below the smallest that trains (a base batch of 1 with BatchNorm) are not
+        steps the model can take, so they are not traced."""
         peaks = self.memory().peaks
         for size in sizes:
-            if size not in peaks and size <= self.memory().max_batch:
+            if size not in peaks and self.smallest <= size <= self.memory().max_batch:
                 peaks[size] = self._tracer.peak(size)
 
     def base_batch(self) -> int:

@@ -1,5 +1,10 @@
-"""Shared fixtures: every test runs isolated from the user's bsadvisor home, and can write model files."""
+"""Shared fixtures: every test runs isolated from the user's bsadvisor home, and can write model files.
 
+`pytest --test-order reverse` or `--test-order random:SEED` runs the suite in another order, to show that
+no test depends on what ran before it.
+"""
+
+import random
 import textwrap
 
 import pytest
@@ -24,7 +29,18 @@ def write_model(tmp_path):
     return write
 
 
+def pytest_addoption(parser):
+    parser.addoption("--test-order", default="file", help="file (default), reverse, or random:SEED")
+
+
 def pytest_collection_modifyitems(config, items):
+    order = config.getoption("--test-order")
+    if order == "reverse":
+        items.reverse()
+    elif order.startswith("random:"):
+        random.Random(int(order.split(":", 1)[1])).shuffle(items)
+    elif order != "file":
+        raise pytest.UsageError(f"--test-order: expected file, reverse or random:SEED, got {order!r}")
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -53,6 +53,14 @@ def test_accumulation_pays_when_the_optimizer_step_dominates():
     assert goodput(plan, 5000, 32) > goodput(one, 5000, 32)
 
 
+def test_no_plan_goes_below_the_smallest_batch_that_trains():
+    fit = StepTimeFit(0.0, 1e-4)  # no fixed cost: goodput alone would pick micro-batch 1
+    assert best_plan(fit, 0.0, noise_scale=5.0, base_batch=16, max_micro=1000).micro_batch == 1
+    assert best_plan(fit, 0.0, noise_scale=5.0, base_batch=16, max_micro=1000, min_micro=2).micro_batch == 2
+    assert recommend(fit, 0.0, 5.0, 16, 1e-3, "adam", 1000, min_micro=2).plan.micro_batch == 2
+    assert plan_for_batch(fit, 0.0, batch=1, max_micro=1000, min_micro=2).micro_batch == 2
+
+
 def test_plan_for_batch_above_memory_accumulates():
     plan = plan_for_batch(StepTimeFit(0.01, 0.001), 0.0, batch=1000, max_micro=300)
     assert plan.accumulation_steps == 4 and plan.micro_batch == 250 and plan.batch_size == 1000

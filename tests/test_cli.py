@@ -147,10 +147,21 @@ def test_geometric_batches_have_at_least_five_sizes_up_to_the_limit():
     assert geometric_batches(100) == [1, 2, 4, 8, 16, 32, 64, 100]
 
 
-def test_batchnorm_model_starts_at_batch_two(write_model):
-    """BatchNorm1d cannot train on one example: every probe starts at batch 2 instead of failing."""
-    path = write_model(MLP.replace("torch.nn.Linear(20, 64), torch.nn.ReLU()",
-                                   "torch.nn.Linear(20, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU()"))
+BATCHNORM_MLP = MLP.replace("torch.nn.Linear(20, 64), torch.nn.ReLU()",
+                            "torch.nn.Linear(20, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU()")
+
+
+@pytest.mark.parametrize("timings", ["measured", "loaded"])
+def test_batchnorm_model_starts_at_batch_two(write_model, monkeypatch, timings):
+    """BatchNorm1d cannot train on one example: every probe starts at batch 2 instead of failing, and so
+    does the advice. On a loaded machine the step-time fit can come out with no fixed cost (α = 0), so
+    goodput is best at the smallest micro-batch: "loaded" forces that fit, which once advised (and
+    traced) batch 1."""
+    if timings == "loaded":
+        import advisor.pipeline
+        from advisor.advice import StepTimeFit
+        monkeypatch.setattr(advisor.pipeline, "fit_step_time", lambda points: StepTimeFit(0.0, 1e-4))
+    path = write_model(BATCHNORM_MLP)
     result = invoke("recommend", path, *FAST, "--memory", "16MiB", "--noise-warmup-steps", "2", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
