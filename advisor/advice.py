@@ -10,12 +10,16 @@ A cluster plan adds the ring all-reduce of the gradients once per update, 2(n−
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 ADAPTIVE_OPTIMIZERS = {"Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam", "Adagrad", "Adadelta",
                        "RMSprop", "Adafactor", "LAMB", "Lamb", "Lion"}
 WARMUP_FACTOR_THRESHOLD = 2.0     # Goyal et al. 2017: warm up when the learning rate grows past this
-WARMUP_STEPS_PER_DOUBLING = 100   # a heuristic, stated as such in the output
+WARMUP_FRACTION = 0.1             # of the run the probe saw
+PLATEAU_TOLERANCE = 0.05          # batches within 5% of the best goodput are all "best"
+NEAR_OCTAVES = 2.0                # the local step-time fit's width, in octaves of batch size
+BETA2_RATIO = 2.0                 # advise β2 when the batch moves this far from the base (either way)
+SCHEDULE_STEP = 1.5               # a batch schedule's steps grow the batch at least this much each
 
 
 @dataclass(frozen=True)
@@ -27,12 +31,16 @@ class StepTimeFit:
         return self.alpha + self.beta * batch
 
 
-def fit_step_time(points: list[tuple[int, float]]) -> StepTimeFit:
-    """Least squares on relative error (weights 1/T²), so small and large batches count alike.
+def fit_step_time(points: list[tuple[int, float]], around: float | None = None) -> StepTimeFit:
+    """Least squares on relative error (weights 1/T²), so small and large batches count alike; with
+    `around`, points are also weighted by closeness to that batch (a Gaussian in log batch, 2 octaves
+    wide), so the line is right where the candidates are rather than across the whole range.
     α is kept ≥ 0 and β > 0; one point gives a pure per-example cost."""
     if not points:
         raise ValueError("no throughput points to fit")
     weights = [1 / t**2 for _, t in points]
+    if around is not None and around > 0:
+        weights = [w * math.exp(-0.5 * (math.log2(b / around) / NEAR_OCTAVES) ** 2) for w, (b, _) in zip(weights, points)]
     sw = sum(weights)
     sb = sum(w * b for w, (b, _) in zip(weights, points))
     st = sum(w * t for w, (_, t) in zip(weights, points))
@@ -123,12 +131,77 @@ def learning_rate_factor(noise_scale: float, base_batch: int, batch: int, family
     return ratio, "sgd-noise: lr0*(1+phi/B0)/(1+phi/B) (McCandlish et al. 2018)"
 
 
-def warmup_steps(lr_factor: float) -> int:
-    """Linear warm-up from lr₀ when the learning rate grows more than 2× (Goyal et al. 2017);
-    its length, 100 steps per doubling, is a rule of thumb."""
+def warmup_steps(lr_factor: float, examples: int, batch: int) -> int:
+    """A linear warm-up from lr₀ when the learning rate grows more than 2× (Goyal et al. 2017), over a
+    tenth of the run as the probe saw it: `examples`, what the base setting trained on until the rate was
+    measured (the whole run, with --target-loss), at the new batch. Sized to the run, not a fixed number
+    of steps per doubling."""
     if lr_factor <= WARMUP_FACTOR_THRESHOLD:
         return 0
-    return round(WARMUP_STEPS_PER_DOUBLING * math.log2(lr_factor))
+    return max(1, math.ceil(WARMUP_FRACTION * examples / batch))
+
+
+def beta2_for(beta2: float, base_batch: int, batch: int) -> float | None:
+    """β2 with its half-life kept in examples (Marek et al. 2025: β2' = β2^(B/B₀)), when the batch moves at
+    least 2× from the base; None when it does not (β2 as it is)."""
+    ratio = batch / base_batch
+    if 1 / BETA2_RATIO < ratio < BETA2_RATIO or not 0 < beta2 < 1:
+        return None
+    return beta2 ** ratio
+
+
+def plan_at(fit: StepTimeFit, optimizer_seconds: float, batch: int, max_micro: int, devices: int = 1,
+            min_micro: int = 1) -> Plan:
+    """The plan for a candidate global batch: one step of micro-batches that fit, or above the memory
+    limit, full micro-batches accumulated (the batch rounded up to a multiple of them), since a partly
+    filled last micro-batch only costs throughput."""
+    if batch <= max_micro * devices:
+        return plan_for_batch(fit, optimizer_seconds, batch, max_micro, devices, min_micro)
+    return make_plan(fit, optimizer_seconds, max_micro, math.ceil(batch / (max_micro * devices)), devices)
+
+
+@dataclass(frozen=True)
+class Plateau:
+    low: int        # the smallest global batch within the tolerance of the best goodput
+    high: int       # the largest
+    best: int       # the best goodput's batch
+    tolerance: float
+
+
+def goodput_plateau(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int,
+                    max_micro: int, devices: int = 1, min_micro: int = 1, tolerance: float = PLATEAU_TOLERANCE,
+                    max_accumulation: int = 64) -> Plateau:
+    """The global batches whose goodput is within `tolerance` of the best (see `plan_at`). Goodput is
+    unimodal in the batch, so the plateau is an interval: its ends are found exactly (bisection on
+    integers) from the best of a geometric scan."""
+    lowest, highest = min_micro * devices, max_micro * devices * max_accumulation
+
+    def value(batch: int) -> float:
+        return goodput(plan_at(fit, optimizer_seconds, batch, max_micro, devices, min_micro), noise_scale, base_batch)
+
+    scan = sorted({lowest, highest, *(round(lowest * (highest / lowest) ** (i / 400)) for i in range(401))})
+    best = max(scan, key=value)
+    threshold = (1 - tolerance) * value(best)
+
+    def edge(inside: int, outside: int) -> int:
+        while abs(outside - inside) > 1:
+            mid = (inside + outside) // 2
+            inside, outside = (mid, outside) if value(mid) >= threshold else (inside, mid)
+        return inside
+
+    low = lowest if value(lowest) >= threshold else edge(best, lowest)
+    high = highest if value(highest) >= threshold else edge(best, highest)
+    return Plateau(low, high, best, tolerance)
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """From `from_step` (this schedule's own steps; `from_examples` examples seen) train at this batch and rate."""
+    from_step: int
+    from_examples: int
+    plan: Plan
+    learning_rate: float
+    noise_scale: float
 
 
 @dataclass(frozen=True)
@@ -144,26 +217,44 @@ class Recommendation:
     efficiency: float
     goodput_vs_base: float
     reasons: list[str] = field(default_factory=list)
+    plateau: Plateau | None = None
+    rule_learning_rate: float | None = None  # what the rule gives; learning_rate is the sweep's when one ran
+    lr_source: str = "rule"                  # "rule", or "sweep" (measured)
+    beta2: float | None = None               # advised β2 (Adam family, batch far from the base), else None
+    base_beta2: float | None = None
+    schedule: tuple[ScheduleEntry, ...] = ()
+    warmup_examples: int = 0
 
 
 def recommend(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int, base_lr: float,
-              family: str, max_micro: int, devices: int = 1, min_micro: int = 1) -> Recommendation:
-    plan = best_plan(fit, optimizer_seconds, noise_scale, base_batch, max_micro, devices=devices, min_micro=min_micro)
+              family: str, max_micro: int, devices: int = 1, min_micro: int = 1, base_beta2: float | None = None,
+              warmup_examples: int | None = None, tolerance: float = PLATEAU_TOLERANCE) -> Recommendation:
+    """The batch: of the plateau of batches within `tolerance` of the best goodput, the one closest to the
+    base batch (the base itself when it is on the plateau): a deterministic rule that timing noise moves
+    only as far as it moves the plateau's edge, and the smallest change from a setting known to train.
+    The learning rate: the rule for that batch (a sweep may replace it: `with_swept_rate`)."""
+    plateau = goodput_plateau(fit, optimizer_seconds, noise_scale, base_batch, max_micro, devices, min_micro, tolerance)
+    chosen = min(max(base_batch, plateau.low), plateau.high)
+    plan = plan_at(fit, optimizer_seconds, chosen, max_micro, devices, min_micro)
     base = plan_for_batch(fit, optimizer_seconds, base_batch, max_micro, devices, min_micro)
+    best = plan_at(fit, optimizer_seconds, plateau.best, max_micro, devices, min_micro)
     gain = goodput(plan, noise_scale, base_batch) / goodput(base, noise_scale, base_batch)
+    best_gain = goodput(best, noise_scale, base_batch) / goodput(base, noise_scale, base_batch)
     factor, rule = learning_rate_factor(noise_scale, base_batch, plan.batch_size, family)
     ideal = math.sqrt(noise_scale * fit.alpha / fit.beta) if fit.alpha > 0 else 0.0
-    reasons = [f"goodput B/T(B)*E(B) is highest at batch {plan.batch_size}: "
-               f"{gain:.2f}x the goodput of the base batch {base_batch}"]
+    where = ("the base batch is on it, so it stays" if plan.batch_size == base_batch else
+             f"batch {plan.batch_size} is the plateau's end nearest the base batch {base_batch}")
+    reasons = [f"goodput B/T(B)*E(B) is within {tolerance:.0%} of its best ({best_gain:.2f}x the base's, at batch "
+               f"{plateau.best}) for batches {plateau.low} to {plateau.high}: {where} ({gain:.2f}x the base's goodput)"]
     if devices > 1:
         reasons.append(f"{devices} data-parallel devices: micro-batch {plan.micro_batch} per device x "
                        f"{plan.accumulation_steps} accumulation steps x {devices} devices = global batch "
                        f"{plan.batch_size}; the learning rate is for the global batch")
     if plan.accumulation_steps > 1:
-        reasons.append(f"the best batch exceeds what fits in memory ({max_micro}): "
+        reasons.append(f"the batch exceeds what fits in memory ({max_micro}): "
                        f"{plan.accumulation_steps} accumulation steps of {plan.micro_batch} pay, "
                        "because the optimizer step is paid once per update")
-    elif ideal > max_micro:
+    elif ideal > max_micro and plateau.high <= max_micro * devices:
         reasons.append(f"the unconstrained optimum B*=sqrt(phi*alpha/beta)={ideal:.0f} is above the memory limit "
                        f"{max_micro}; accumulation to reach it does not pay here")
     if math.isinf(noise_scale):
@@ -171,12 +262,66 @@ def recommend(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, ba
                        "efficiency is taken as flat, so throughput decides")
     reasons.append(f"learning rate x{factor:.3g} by the {family} rule for batch {plan.batch_size} "
                    f"(noise scale {noise_scale:.3g})")
-    steps = warmup_steps(factor)
-    if steps:
-        reasons.append(f"warm up linearly from {base_lr:.3g} over {steps} steps: the rate grows more than 2x "
-                       f"(Goyal et al. 2017; the length is a rule of thumb)")
-    return Recommendation(plan, base_lr * factor, factor, rule, steps, family, base_batch, base_lr,
-                          statistical_efficiency(plan.batch_size, noise_scale, base_batch), gain, reasons)
+    beta2 = beta2_for(base_beta2, base_batch, plan.batch_size) if family == "adam" and base_beta2 else None
+    if beta2 is not None:
+        reasons.append(f"beta2 {base_beta2:g} -> {beta2:.4g}: its half-life kept in examples, beta2^(B/B0) "
+                       "(Marek et al. 2025), as the batch moves far from the base")
+    examples = 10 * base_batch if warmup_examples is None else warmup_examples
+    rec = Recommendation(plan, base_lr * factor, factor, rule, 0, family, base_batch, base_lr,
+                         statistical_efficiency(plan.batch_size, noise_scale, base_batch), gain, reasons, plateau,
+                         base_lr * factor, "rule", beta2, base_beta2, (), examples)
+    return _with_warmup(rec)
+
+
+def with_swept_rate(rec: Recommendation, learning_rate: float, how: str) -> Recommendation:
+    """The recommendation with the rate a sweep measured in place of the rule's (which stays reported)."""
+    reasons = [r for r in rec.reasons if not r.startswith("warm up")]
+    reasons.append(f"learning rate {learning_rate:.4g} measured by a sweep ({how}); the rule gave "
+                   f"{rec.rule_learning_rate:.4g}")
+    return _with_warmup(replace(rec, learning_rate=learning_rate, lr_factor=learning_rate / rec.base_lr,
+                                lr_source="sweep", reasons=reasons))
+
+
+def _with_warmup(rec: Recommendation) -> Recommendation:
+    steps = warmup_steps(rec.lr_factor, rec.warmup_examples, rec.plan.batch_size)
+    if not steps:
+        return replace(rec, warmup_steps=0)
+    return replace(rec, warmup_steps=steps, reasons=rec.reasons + [
+        f"warm up linearly from {rec.base_lr:.3g} over {steps} steps: the rate grows more than 2x (Goyal et al. "
+        f"2017); a tenth of the {rec.warmup_examples} examples the base setting trained on in the probe"])
+
+
+def batch_schedule(fit: StepTimeFit, optimizer_seconds: float, series: list[tuple[int, float]],
+                   final: Recommendation, max_micro: int, devices: int = 1, min_micro: int = 1) -> tuple[ScheduleEntry, ...]:
+    """A batch-size warm-up when the noise scale grows along training: for each point of the series
+    (examples seen, B_simple), the batch the same plateau rule picks for that noise scale (never smaller
+    than the previous one), ending at the single recommendation. Rates follow the rule, scaled by what
+    the sweep found at the final batch (`final.learning_rate / final.rule_learning_rate`). Empty when
+    the series would not change the batch."""
+    correction = final.learning_rate / final.rule_learning_rate if final.rule_learning_rate else 1.0
+    entries: list[tuple[int, Plan, float, float]] = []
+    for examples, phi in series:
+        if not math.isfinite(phi) or phi <= 0:
+            continue
+        rec = recommend(fit, optimizer_seconds, phi, final.base_batch, final.base_lr, final.optimizer_family,
+                        max_micro, devices, min_micro)
+        plan = rec.plan
+        if entries and plan.batch_size < SCHEDULE_STEP * entries[-1][1].batch_size:
+            continue
+        if plan.batch_size * SCHEDULE_STEP > final.plan.batch_size:
+            break
+        entries.append((examples if entries else 0, plan, rec.learning_rate * correction, phi))
+    if not entries:
+        return ()
+    later = max(entries[-1][0] + 1, series[-1][0])
+    entries.append((later, final.plan, final.learning_rate, series[-1][1]))
+    schedule, step = [], 0
+    for i, (examples, plan, lr, phi) in enumerate(entries):
+        if i:
+            previous_examples, previous_plan = entries[i - 1][0], entries[i - 1][1]
+            step += math.ceil((examples - previous_examples) / previous_plan.batch_size)
+        schedule.append(ScheduleEntry(step, examples, plan, lr, phi))
+    return tuple(schedule)
 
 
 def ring_allreduce_seconds(grad_bytes: float, devices: int, bandwidth_gb_per_s: float, latency_us: float) -> float:

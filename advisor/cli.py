@@ -42,6 +42,13 @@ CollectiveTimeoutOpt = Annotated[float, typer.Option("--collective-timeout", hel
                                                      "distributed job may wait before the job ends with exit 4.")]
 StepLimitOpt = Annotated[float, typer.Option("--max-step-seconds", help="Stop timing larger batches once a step "
                                              "takes longer than this.")]
+NoiseBudgetOpt = Annotated[str, typer.Option("--noise-budget", help="How far the noise probe follows training: "
+                                             "seconds (30s) or training steps (400steps).")]
+TargetLossOpt = Annotated[Optional[float], typer.Option("--target-loss", help="The training loss your run trains "
+                                                        "to: the noise probe follows training until it gets there "
+                                                        "(or its budget ends).")]
+SweepOpt = Annotated[bool, typer.Option("--lr-sweep/--no-lr-sweep", help="Measure the learning rate by a short "
+                                        "sweep around the rule's (default), or take the rule's.")]
 
 
 def _version(value: bool) -> None:
@@ -61,7 +68,8 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
                       profile: ProfileOpt = None, base_batch: BaseBatchOpt = None,
                       base_lr: Annotated[Optional[float], typer.Option("--base-lr", help="Learning rate tuned at "
                                                                        "the base batch (default: the optimizer's).")] = None,
-                      noise_warmup_steps: WarmupOpt = 10, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
+                      noise_warmup_steps: WarmupOpt = 10, noise_budget: NoiseBudgetOpt = "30s", lr_sweep: SweepOpt = True,
+                      target_loss: TargetLossOpt = None, max_step_seconds: StepLimitOpt = 1.0, seed: SeedOpt = 0,
                       step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, isolate: IsolateOpt = False,
                       nproc_per_node: NprocOpt = None, collective_timeout: CollectiveTimeoutOpt = DEFAULT_COLLECTIVE_TIMEOUT,
                       plan_gpus: Annotated[Optional[int], typer.Option("--plan-gpus", help="Also predict the plan "
@@ -71,7 +79,8 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
     """The whole advice: largest batch, throughput, gradient noise, batch size and learning rate."""
     _run(model, device, json_out, "recommendation", isolate=isolate, nproc_per_node=nproc_per_node, memory=memory,
          margin=margin, profile=profile, base_batch=base_batch, base_lr=base_lr,
-         noise_warmup_steps=noise_warmup_steps, max_step_seconds=max_step_seconds, seed=seed,
+         noise_warmup_steps=noise_warmup_steps, noise_budget=noise_budget, lr_sweep=lr_sweep,
+         target_loss=target_loss, max_step_seconds=max_step_seconds, seed=seed,
          step_timeout=step_timeout, collective_timeout=collective_timeout, plan_gpus=plan_gpus)
 
 
@@ -167,8 +176,9 @@ def profile_save_command(name: Annotated[Optional[str], typer.Argument(help="Nam
 def noise_command(model: Model, device: DeviceOpt = "auto",
                   batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Examples per snapshot, "
                                                                     "split into 8 micro-batches.")] = None,
-                  noise_warmup_steps: WarmupOpt = 10,
-                  snapshots: Annotated[int, typer.Option("--snapshots", help="Weight snapshots averaged.")] = 32,
+                  noise_warmup_steps: WarmupOpt = 10, noise_budget: NoiseBudgetOpt = "30s",
+                  snapshots: Annotated[int, typer.Option("--snapshots", help="Weight snapshots at each point of "
+                                                         "the series.")] = 16,
                   base_batch: BaseBatchOpt = None, memory: MemoryOpt = None, seed: SeedOpt = 0,
                   step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, isolate: IsolateOpt = False,
                   nproc_per_node: NprocOpt = None, collective_timeout: CollectiveTimeoutOpt = DEFAULT_COLLECTIVE_TIMEOUT,
@@ -176,7 +186,7 @@ def noise_command(model: Model, device: DeviceOpt = "auto",
     """The gradient noise scale B_simple (McCandlish et al. 2018) with a 95% interval."""
     _run(model, device, json_out, "noise", sections=("noise",), isolate=isolate, nproc_per_node=nproc_per_node,
          noise_batch=batch_size, base_batch=base_batch, noise_warmup_steps=noise_warmup_steps,
-         noise_snapshots=snapshots, memory=memory, seed=seed, step_timeout=step_timeout,
+         noise_budget=noise_budget, noise_snapshots=snapshots, memory=memory, seed=seed, step_timeout=step_timeout,
          collective_timeout=collective_timeout)
 
 
@@ -256,7 +266,9 @@ def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tup
 
 def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | None = None,
               base_lr: float | None = None, noise_warmup_steps: int = 10, noise_batch: int | None = None,
-              noise_snapshots: int = 32, batch_sizes: str | None = None, max_step_seconds: float = 1.0,
+              noise_snapshots: int = 16, noise_budget: str = "30s", lr_sweep: bool = True,
+              target_loss: float | None = None,
+              batch_sizes: str | None = None, max_step_seconds: float = 1.0,
               seed: int = 0, profile: str | None = None, step_timeout: float = DEFAULT_STEP_TIMEOUT,
               collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT, plan_gpus: int | None = None):
     """The flags, checked: each problem is a BadInput that names the flag, the value and what is expected."""
@@ -291,15 +303,36 @@ def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | 
         raise BadInput(f"--plan-gpus must be a positive integer, got {plan_gpus}")
     if plan_gpus is not None and profile is None:
         raise BadInput("--plan-gpus needs --profile: the interconnect's bandwidth and latency come from it")
+    if target_loss is not None and not math.isfinite(target_loss):
+        raise BadInput(f"--target-loss must be a finite number, got {target_loss}")
     if not 0 <= seed < 2**64:
         raise BadInput(f"--seed must be an integer in [0, 2**64), got {seed}")
     return Settings(
         memory_bytes=memory_bytes, margin=margin, base_batch=base_batch,
         base_lr=base_lr, noise_warmup_steps=noise_warmup_steps, noise_batch=noise_batch,
-        noise_snapshots=noise_snapshots, batch_sizes=_batch_list(batch_sizes) if batch_sizes is not None else None,
+        noise_snapshots=noise_snapshots, noise_budget=_noise_budget(noise_budget), lr_sweep=lr_sweep,
+        target_loss=target_loss,
+        batch_sizes=_batch_list(batch_sizes) if batch_sizes is not None else None,
         max_step_seconds=max_step_seconds, seed=seed, step_timeout=step_timeout,
         profile=load(profile) if profile is not None else None, collective_timeout=collective_timeout,
         plan_gpus=plan_gpus)
+
+
+def _noise_budget(text: str):
+    """'30s', '30' (seconds) or '400steps' -> a NoiseBudget."""
+    from advisor.probes.noise import NoiseBudget
+
+    value = text.strip().lower()
+    unit = "steps" if value.endswith("steps") else "s"
+    number = value[:-len(unit)] if value.endswith(unit) else value
+    try:
+        amount = float(number) if unit == "s" else int(number)
+    except ValueError:
+        amount = None
+    if amount is None or not math.isfinite(amount) or amount <= 0 or amount > 10**7:
+        shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+        raise BadInput(f"--noise-budget {shown}: expected seconds (30s) or training steps (400steps), positive")
+    return NoiseBudget(seconds=amount) if unit == "s" else NoiseBudget(seconds=None, steps=amount)
 
 
 def _batch_list(text: str) -> list[int]:

@@ -6,6 +6,7 @@ is respected; torch's caching allocator says what a step used.
 """
 
 import contextlib
+import math
 import os
 import re
 import time
@@ -140,6 +141,15 @@ def resolve_device(name: str) -> Backend:
             return Backend(torch.device("cpu"), note=f"CUDA is visible but NVML is not ({exc}): measuring on the CPU")
         raise DeviceUnavailable(f"--device {name}: {exc}") from exc
     return Backend(torch.device("cuda", i), nvml_index=found)
+
+
+def threads_beside_load(current: int, cores: int, load: float) -> int:
+    """Intra-op threads for CPU probes on a machine already running `load` (the 1-minute load average)
+    other work: a thread per core left free. Torch's threads wait for each other at every operator, so
+    one of them descheduled by another process makes every step wait (on 2 cores with one busy, steps
+    ran ~100x slower at 2 threads than at 1): timings then measure the other process, not the model."""
+    free = cores - math.floor(load + 0.5)
+    return max(1, min(current, free))
 
 
 def resolve_rank_device(name: str, local_rank: int) -> Backend:

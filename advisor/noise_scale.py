@@ -31,6 +31,11 @@ class NoiseScale:
     def resolved(self) -> bool:
         return math.isfinite(self.b_simple) and math.isfinite(self.ci95[1])
 
+    @property
+    def no_signal(self) -> bool:
+        """Every gradient was zero: there is neither a gradient nor noise to measure (not "noise dominated")."""
+        return self.grad_sq_norm == 0 and self.trace_sigma == 0
+
 
 def two_batch_estimates(mean_small_sq_norm: float, big_sq_norm: float, small: int, big: int) -> Snapshot:
     """Unbiased |G|² and tr Σ from s̄ (micro-batches of `small`) and S (their mean, `big` examples)."""
@@ -44,6 +49,8 @@ def two_batch_estimates(mean_small_sq_norm: float, big_sq_norm: float, small: in
 def ratio_of_means(snapshots: list[Snapshot]) -> float:
     grad_sq = sum(s.grad_sq_norm for s in snapshots) / len(snapshots)
     trace = sum(s.trace_sigma for s in snapshots) / len(snapshots)
+    if grad_sq == 0 and trace == 0:
+        return math.nan  # no signal at all: nothing to divide
     return trace / grad_sq if grad_sq > 0 else math.inf
 
 
@@ -62,3 +69,14 @@ def noise_scale(snapshots: list[Snapshot], resamples: int = 2000, seed: int = 0)
         trace_sigma=sum(s.trace_sigma for s in snapshots) / n,
         snapshots=n,
     )
+
+
+def series_trend(points: list[tuple[int, NoiseScale]]) -> float | None:
+    """How B_simple moves along training: the least-squares slope of log B_simple against log step over
+    the resolved points past step 0 (0.5: it doubles when the steps quadruple). None with fewer than two."""
+    xy = [(math.log(step), math.log(s.b_simple)) for step, s in points if step > 0 and s.resolved and s.b_simple > 0]
+    if len(xy) < 2:
+        return None
+    mx, my = sum(x for x, _ in xy) / len(xy), sum(y for _, y in xy) / len(xy)
+    sxx = sum((x - mx) ** 2 for x, _ in xy)
+    return sum((x - mx) * (y - my) for x, y in xy) / sxx if sxx > 0 else None

@@ -4,21 +4,27 @@ Each command runs the part it needs; `recommend` runs all of it. Nothing here pr
 the `progress` callback and warnings into the report's notes, which the CLI renders.
 """
 
+import contextlib
+import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from advisor import distributed
-from advisor.advice import (ClusterPlan, Recommendation, StepTimeFit, cluster_plan, fit_step_time, optimizer_family,
-                            recommend)
+from advisor.advice import (ClusterPlan, Recommendation, StepTimeFit, batch_schedule, cluster_plan, fit_step_time,
+                            optimizer_family, recommend, with_swept_rate)
 from advisor.capacity import profile_budget
-from advisor.device import Backend, Budget, resolve_device, resolve_rank_device
+from advisor.device import Backend, Budget, resolve_device, resolve_rank_device, threads_beside_load
 from advisor.errors import BadInput, ProbeFailed
 from advisor.memory.cuda import RealSteps
 from advisor.memory.max_batch import MemoryResult, find_max_batch
 from advisor.memory.oom import free_device_memory, try_step
 from advisor.memory.trace import StepTracer, release_trace_caches
-from advisor.probes.noise import NoiseResult, measure_noise
-from advisor.probes.throughput import ThroughputResult, geometric_batches, measure_throughput
+from advisor.probes.lr_sweep import SweepResult, sweep_rates
+from advisor.probes.noise import NoiseBudget, NoiseResult, measure_noise, series_steps
+from advisor.probes.throughput import ThroughputResult, geometric_batches, measure_throughput, not_rising
 from advisor import watchdog
 from advisor.spec import DEFAULT_BASE_BATCH, ModelSpec, check_contract, load_spec
 from advisor.watchdog import DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_STEP_TIMEOUT
@@ -32,7 +38,11 @@ class Settings:
     base_lr: float | None = None
     noise_warmup_steps: int = 10
     noise_batch: int | None = None
-    noise_snapshots: int = 32
+    noise_snapshots: int = 16  # per point of the noise series
+    noise_budget: NoiseBudget = field(default_factory=NoiseBudget)
+    lr_sweep: bool = True
+    sweep_seconds: float = 15.0
+    target_loss: float | None = None  # the loss the user's run trains to: the noise series stops there
     batch_sizes: list[int] | None = None
     max_step_seconds: float = 1.0
     seed: int = 0
@@ -51,6 +61,7 @@ class Report:
     throughput: ThroughputResult | None = None
     fit: StepTimeFit | None = None
     noise: NoiseResult | None = None
+    sweep: SweepResult | None = None
     recommendation: Recommendation | None = None
     cluster: ClusterPlan | None = None
     devices: int = 1  # ranks of the data-parallel job the probes ran in
@@ -70,6 +81,7 @@ class Advisor:
         self.spec, self.backend, self.settings, self.progress = spec, backend, settings, progress
         self.devices = self.report.devices = distributed.world()
         self._started = time.perf_counter()
+        self._trained = None  # the noise probe's trained model and optimizer, for the learning-rate sweep
         if backend.note:
             self.report.notes.append(backend.note)
         with watchdog.probe("contract check"):
@@ -132,6 +144,9 @@ class Advisor:
             self.report.fit = fit_step_time([(p.batch, p.step_seconds) for p in result.points])
             if result.stopped_early:
                 self.report.notes.append(result.stopped_early + "; larger batches are estimated from the fit")
+            for small, large in not_rising(result.points)[:1]:
+                self.report.notes.append(f"the step at batch {large} timed faster than at batch {small}: the timings "
+                                         "are noisy (a busy machine?); the recommendation may move between runs")
         return self.report.throughput
 
     def noise(self) -> NoiseResult:
@@ -148,11 +163,15 @@ class Advisor:
             if batch < 2 * self.smallest:
                 raise ProbeFailed(f"the noise probe needs a batch of at least {2 * self.smallest}; only {batch} fits")
             while True:
+                kept: list = []
+                micro_batches = min(8, batch // self.smallest)
                 result = try_step(lambda: measure_noise(
-                    self.spec, self.backend, batch, micro_batches=min(8, batch // self.smallest),
+                    self.spec, self.backend, batch, micro_batches=micro_batches,
                     snapshots=self.settings.noise_snapshots, warmup_steps=self.settings.noise_warmup_steps,
                     warmup_batch=min(base, batch), seed=self.settings.seed,
-                    progress=self.progress(f"measuring gradient noise at batch {batch}")),
+                    budget=self._noise_budget(min(base, batch), batch // micro_batches, micro_batches),
+                    target_loss=self.settings.target_loss,
+                    progress=self.progress(f"measuring gradient noise at batch {batch}"), keep=kept),
                     self.backend.device, f"the noise probe at batch {batch}")
                 if result is None:  # out of memory: half the batch, and never larger again
                     if batch // 2 < 2 * self.smallest:
@@ -166,11 +185,39 @@ class Advisor:
                     break
                 self.report.notes.append(f"gradient noise unresolved at batch {batch}: measuring again at a larger batch")
                 batch = min(4 * batch, largest)
+            if result.scale.no_signal:
+                raise BadInput(f"{self.spec.path}: every gradient of the noise probe was zero: the loss does not "
+                               "depend on the trained parameters, so there is no signal to measure")
             if not result.scale.resolved:
                 self.report.notes.append(f"the noise scale is not resolved at batch {batch}: the gradient is dominated "
                                          "by noise (B_simple is large or unbounded); --batch-size larger may resolve it")
+            if result.trend is not None and result.trend > 0.25:
+                self.report.notes.append(f"the noise scale grows along training (B_simple ~ step^{result.trend:.2f}): "
+                                         f"the advice uses its latest value (step {result.late_step}); a longer "
+                                         "--noise-budget follows it further")
             self.report.noise = result
+            self._trained = kept[0] if kept else None
         return self.report.noise
+
+    def _noise_budget(self, train_batch: int, micro: int, micro_batches: int) -> NoiseBudget:
+        """A budget in seconds becomes one in steps, planned from the throughput probe's step times when they
+        are known: the series' length then does not move with the machine's load (the minimum step times
+        hardly do), so neither does the noise scale the advice uses."""
+        budget = self.settings.noise_budget
+        if budget.seconds is None or self.report.fit is None:
+            return budget
+        fit, snapshots = self.report.fit, self.settings.noise_snapshots
+        step_seconds = self._seconds_with_data(train_batch)
+        snapshot = micro_batches * fit.seconds(micro) + self._seconds_with_data(micro * micro_batches) - fit.seconds(
+            micro * micro_batches)
+        planned = series_steps(self.settings.noise_warmup_steps)[:1]
+        for step in series_steps(self.settings.noise_warmup_steps)[1:]:
+            cost = step * step_seconds + (len(planned) + 1) * snapshots * snapshot
+            if cost > budget.seconds:
+                break
+            planned.append(step)
+        return NoiseBudget(seconds=None, steps=planned[-1], planned_from=budget.seconds)
+
 
     def recommendation(self) -> Recommendation:
         if self.report.recommendation is None:
@@ -179,14 +226,73 @@ class Advisor:
             limit = self.memory().safe_max_batch
             if throughput.out_of_memory_at is not None:  # the device has less room now than the memory probe saw
                 limit = min(limit, throughput.out_of_memory_at - 1)
-            self.report.recommendation = recommend(
-                self.report.fit, optimizer_seconds, noise.scale.b_simple, self.base_batch(), self.base_lr(),
-                self.family(), limit, devices=self.devices, min_micro=self.smallest)
-            self._trace_peaks([p.batch for p in throughput.points] +
-                              [self.report.recommendation.plan.micro_batch, self.base_batch()])
+            phi = noise.scale.b_simple
+            self.report.fit = self._fit_near_candidates(phi, limit)
+
+            def advise(fit: StepTimeFit) -> Recommendation:
+                return recommend(fit, optimizer_seconds, phi, self.base_batch(), self.base_lr(), self.family(), limit,
+                                 devices=self.devices, min_micro=self.smallest, base_beta2=self._base_beta2(),
+                                 warmup_examples=noise.series[-1].examples if noise.series else None)
+
+            rec = advise(self.report.fit)
+            if self.settings.lr_sweep and not distributed.active() and self._trained is not None and rec.learning_rate > 0:
+                with watchdog.probe("learning-rate sweep"):
+                    rec = self._sweep(rec)
+            series = [(p.examples, p.scale.b_simple) for p in noise.series if p.scale.resolved]
+            schedule = batch_schedule(self.report.fit, optimizer_seconds, series, rec, limit, self.devices,
+                                      self.smallest) if len(series) > 1 else ()
+            self.report.recommendation = replace(rec, schedule=schedule)
+            self._trace_peaks([p.batch for p in throughput.points] + [rec.plan.micro_batch, self.base_batch()]
+                              + [e.plan.micro_batch for e in schedule])
             if self.settings.plan_gpus:
                 self._plan_cluster()
         return self.report.recommendation
+
+    def _fit_near_candidates(self, phi: float, limit: int) -> StepTimeFit:
+        """The step-time line refitted near the batches the advice weighs (around the goodput optimum),
+        twice, so that curvature far from them does not move the recommendation."""
+        points = [(p.batch, p.step_seconds) for p in self.report.throughput.points]
+        fit = self.report.fit
+        for _ in range(2):
+            if not (math.isfinite(phi) and fit.alpha > 0):
+                break
+            fit = fit_step_time(points, around=min(max(math.sqrt(phi * fit.alpha / fit.beta), self.smallest), limit))
+        return fit
+
+    def _sweep(self, rec: Recommendation) -> Recommendation:
+        """The rule's rate checked by a short sweep at the recommended batch (see probes/lr_sweep.py)."""
+        plan = rec.plan
+        per_step = plan.accumulation_steps * self._seconds_with_data(plan.micro_batch)
+        steps = int(min(30, max(8, self.settings.sweep_seconds / (5 * per_step))))
+        trained = self._trained
+        result = try_step(lambda: sweep_rates(self.spec, self.backend, trained.model, trained.opt, rec.learning_rate,
+                                              plan.micro_batch, plan.accumulation_steps, steps,
+                                              seed=self.settings.seed, beta2=rec.beta2,
+                                              progress=self.progress("sweeping the learning rate")),
+                          self.backend.device, "the learning-rate sweep")
+        self._trained = None  # its model and optimizer are not needed again
+        if result is None:
+            self.report.notes.append("the learning-rate sweep ran out of memory: the rate is the rule's")
+            return rec
+        self.report.sweep = result
+        if result.chosen is None:
+            self.report.notes.append("every rate of the learning-rate sweep diverged: the rate is the rule's, "
+                                     "and may be too high")
+            return rec
+        best = next(r for r in result.runs if r.learning_rate == result.chosen)
+        return with_swept_rate(rec, result.chosen, f"{len(result.runs)} short runs of {result.steps} steps, "
+                                                   f"lowest loss {best.loss:.4g}")
+
+    def _seconds_with_data(self, batch: int) -> float:
+        """A training step at `batch` with the model file's batch() included, from the throughput probe's
+        minimum times (the step's fit plus a fit of batch()'s own time)."""
+        points = self.report.throughput.points
+        data = fit_step_time([(p.batch, max(p.batch_seconds, 1e-9)) for p in points])
+        return self.report.fit.seconds(batch) + data.seconds(batch)
+
+    def _base_beta2(self) -> float | None:
+        betas = self._optimizer().param_groups[0].get("betas")
+        return float(betas[1]) if isinstance(betas, (tuple, list)) and len(betas) == 2 else None
 
     def _plan_cluster(self) -> None:
         """--plan-gpus N: the step on N GPUs predicted from the measured fit and the profile's interconnect."""
@@ -252,10 +358,33 @@ def run_probe(model: str, device: str, settings: Settings, probe: str, progress=
     if settings.plan_gpus and settings.profile is None:
         raise BadInput("--plan-gpus needs --profile: the interconnect's bandwidth and latency come from it")
     backend = resolve_rank_device(device, distributed.local_rank()) if distributed.in_job() else resolve_device(device)
-    with distributed.process_group(backend.device, settings.collective_timeout):
+    with distributed.process_group(backend.device, settings.collective_timeout), _cpu_threads(backend) as note:
         advisor = Advisor(load_spec(model), backend, settings, progress)
+        if note:
+            advisor.report.notes.append(note)
         getattr(advisor, probe)()
         return advisor.finish()
+
+
+@contextlib.contextmanager
+def _cpu_threads(backend: Backend):
+    """On a CPU already busy with other work, fewer intra-op threads for the probes (see
+    device.threads_beside_load); put back afterwards. A distributed job's ranks keep the launcher's."""
+    current = torch.get_num_threads()
+    if backend.is_cuda or distributed.in_job() or not hasattr(os, "getloadavg"):
+        yield None
+        return
+    load = os.getloadavg()[0]
+    threads = threads_beside_load(current, os.cpu_count() or 1, load)
+    if threads == current:
+        yield None
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield (f"the machine is busy (load {load:.1f} on {os.cpu_count()} cores): probing with {threads} CPU "
+               f"thread{'s' if threads > 1 else ''} instead of {current}, so that timings are the model's")
+    finally:
+        torch.set_num_threads(current)
 
 
 class WithBuckets:

@@ -47,9 +47,10 @@ def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
         t = report.throughput
         doc["throughput"] = {
             "points": [{"batch": p.batch, "step_seconds": p.step_seconds, "samples_per_second": p.samples_per_second,
-                        "optimizer_seconds": p.optimizer_seconds} for p in t.points],
+                        "optimizer_seconds": p.optimizer_seconds, "spread": p.spread} for p in t.points],
             "fit": {"alpha_seconds": report.fit.alpha, "beta_seconds_per_sample": report.fit.beta,
-                    "method": "estimated: weighted least squares T(B) = alpha + beta*B"},
+                    "method": "estimated: weighted least squares T(B) = alpha + beta*B" + (
+                        ", weighted near the candidate batches" if report.recommendation else "")},
             "stopped_early": t.stopped_early, "out_of_memory_at": t.out_of_memory_at, "method": t.method,
             "seconds": t.seconds, "devices": report.devices,
         }
@@ -59,7 +60,11 @@ def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
             "b_simple": n.scale.b_simple, "ci95": list(n.scale.ci95), "grad_sq_norm": n.scale.grad_sq_norm,
             "trace_sigma": n.scale.trace_sigma, "batch_size": n.batch_size, "micro_batch": n.micro_batch,
             "snapshots": n.scale.snapshots, "warmup_steps": n.warmup_steps, "preconditioned": n.preconditioned,
-            "resolved": n.scale.resolved, "method": n.method, "seconds": n.seconds,
+            "geometry": n.geometry, "resolved": n.scale.resolved, "method": n.method, "seconds": n.seconds,
+            "train_batch": n.train_batch, "late_step": n.late_step, "trend": n.trend, "stopped": n.stopped,
+            "series": [{"step": p.step, "examples": p.examples, "loss": p.loss, "b_simple": p.scale.b_simple,
+                        "ci95": list(p.scale.ci95), "resolved": p.scale.resolved, "seconds": p.seconds}
+                       for p in n.series],
         }
     if report.recommendation and "recommendation" in sections:
         r = report.recommendation
@@ -72,6 +77,19 @@ def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
             "step_seconds": r.plan.step_seconds, "reasons": r.reasons,
             "devices": r.plan.devices, "global_batch": r.plan.batch_size, "per_device_micro_batch": r.plan.micro_batch,
             "method": "estimated: goodput from the step-time fit and the measured noise scale",
+            "plateau": [r.plateau.low, r.plateau.high] if r.plateau else None,
+            "plateau_best": r.plateau.best if r.plateau else None,
+            "plateau_tolerance": r.plateau.tolerance if r.plateau else None,
+            "rule_learning_rate": r.rule_learning_rate, "lr_source": r.lr_source,
+            "beta2": r.beta2, "base_beta2": r.base_beta2,
+            "schedule": [{"from_step": e.from_step, "from_examples": e.from_examples, "batch_size": e.plan.batch_size,
+                          "micro_batch": e.plan.micro_batch, "accumulation_steps": e.plan.accumulation_steps,
+                          "learning_rate": e.learning_rate, "b_simple": e.noise_scale} for e in r.schedule],
+            "lr_sweep": None if report.sweep is None else {
+                "runs": [{"learning_rate": x.learning_rate, "loss": x.loss, "diverged": x.diverged}
+                         for x in report.sweep.runs],
+                "chosen": report.sweep.chosen, "start_loss": report.sweep.start_loss, "steps": report.sweep.steps,
+                "method": report.sweep.method, "seconds": report.sweep.seconds},
         }
         doc["candidates"] = candidates(report)
     if report.cluster and "recommendation" in sections:
@@ -142,10 +160,23 @@ def render_doc(doc: dict, console: Console) -> None:
         console.print(_throughput_table(doc["throughput"]))
     if "noise" in doc:
         console.print(_noise_table(doc["noise"]))
+        if len(doc["noise"].get("series", [])) > 1:
+            console.print(_series_table(doc["noise"]))
     if "recommendation" in doc:
         console.print(_recommendation_table(doc["recommendation"]))
+        if doc["recommendation"].get("schedule"):
+            console.print(_schedule_table(doc["recommendation"]))
     if "plan" in doc:
         console.print(_plan_table(doc["plan"]))
+    if "recommendation" in doc:
+        console.print(paste_line(doc["recommendation"]), highlight=False, markup=False, soft_wrap=True)
+
+
+def paste_line(r: dict) -> str:
+    """The advice as one plain line to paste into a training script's settings."""
+    beta2 = f" beta2={r['beta2']:.4g}" if r.get("beta2") is not None else ""
+    return (f"batch_size={r['batch_size']} micro_batch={r['micro_batch']} accumulation={r['accumulation_steps']} "
+            f"lr={r['learning_rate']:.4g} warmup={r['warmup_steps']}{beta2}")
 
 
 def _memory_table(m: dict) -> Table:
@@ -202,6 +233,30 @@ def _noise_table(n: dict) -> Table:
     return table
 
 
+def _series_table(n: dict) -> Table:
+    table = Table(title=f"Noise scale along the base setting's training (batch {n['train_batch']})",
+                  title_justify="left", caption=f"measured; the advice uses the late points; the series ended at "
+                                                f"{n['stopped']}", caption_justify="left")
+    for column in ("step", "examples", "loss", "B_simple", "95% interval"):
+        table.add_column(column, justify="right")
+    for p in n["series"]:
+        lo, hi = (_number(x) for x in p["ci95"])
+        table.add_row(str(p["step"]), f"{p['examples']:,}", f"{p['loss']:.4g}", _number(p["b_simple"]), f"[{lo}, {hi}]")
+    return table
+
+
+def _schedule_table(r: dict) -> Table:
+    table = Table(title="Batch-size schedule (the noise scale grows: ramp the batch)", title_justify="left",
+                  caption="estimated from the noise series; rates by the rule, scaled as the sweep found",
+                  caption_justify="left")
+    for column in ("from step", "from examples", "batch", "micro x steps", "learning rate"):
+        table.add_column(column, justify="right")
+    for e in r["schedule"]:
+        table.add_row(str(e["from_step"]), f"{e['from_examples']:,}", str(e["batch_size"]),
+                      f"{e['micro_batch']} x {e['accumulation_steps']}", f"{e['learning_rate']:.4g}")
+    return table
+
+
 def _plan_table(p: dict) -> Table:
     table = Table(title=f"Plan for {p['gpus']} GPUs ({p['profile']}): a prediction", show_header=False,
                   title_justify="left")
@@ -219,8 +274,19 @@ def _recommendation_table(r: dict) -> Table:
     per = f"{devices} devices x " if devices > 1 else ""
     table.add_row("batch size", f"{r['batch_size']} = {per}{r['micro_batch']} x {r['accumulation_steps']} accumulation",
                   r["method"])
-    table.add_row("learning rate", f"{r['learning_rate']:.4g}", f"{r['lr_factor']:.3g} x {r['base_lr']:.3g}: {r['lr_rule']}")
-    table.add_row("warm-up steps", str(r["warmup_steps"]), "rule of thumb" if r["warmup_steps"] else "not needed")
+    if r.get("lr_source") == "sweep":
+        table.add_row("learning rate", f"{r['learning_rate']:.4g}", f"measured: {r['lr_sweep']['method']}")
+        table.add_row("the rule's rate", f"{r['rule_learning_rate']:.4g}", r["lr_rule"])
+    else:
+        table.add_row("learning rate", f"{r['learning_rate']:.4g}",
+                      f"{r['lr_factor']:.3g} x {r['base_lr']:.3g}: {r['lr_rule']}")
+    if r.get("beta2") is not None:
+        table.add_row("beta2", f"{r['beta2']:.4g}", f"from {r['base_beta2']:g}: half-life kept in examples")
+    if r.get("plateau"):
+        table.add_row("goodput plateau", f"{r['plateau'][0]} to {r['plateau'][1]}",
+                      f"within {r['plateau_tolerance']:.0%} of the best (at {r['plateau_best']}); estimated")
+    table.add_row("warm-up steps", str(r["warmup_steps"]), "a tenth of the run the probe "
+                  "followed" if r["warmup_steps"] else "not needed")
     for reason in r["reasons"]:
         table.add_row("why", reason, "")
     return table

@@ -1,27 +1,30 @@
-"""Time to target: train the GPT example to a fixed validation loss with three settings.
+"""Time to target: does following `bsadvisor recommend` train faster than the user's own setting, and how
+close does it come to the best of a tuned grid?
 
-    python3 benchmarks/time_to_target.py            # 3 settings x 3 seeds (about 10-15 minutes)
-    python3 benchmarks/time_to_target.py --quick    # an easy target and short caps, to check the script
+    python3 benchmarks/time_to_target.py                 # four tasks (about 30 minutes on 2 cores)
+    python3 benchmarks/time_to_target.py --tasks lstm_bytes --quick
 
-(a) bsadvisor: `bsadvisor recommend examples/gpt_stdlib.py --device cpu --memory BUDGET --json`; its
-    batch (micro-batch x accumulation steps), learning rate and linear warm-up. The command's wall
-    time is added to every (a) run: the probe's own cost counts against it.
-(b) Lightning: the BatchSizeFinder's largest batch (power mode, its default) under the same enforced
-    budget (see max_batch.py), learning rate scaled linearly from the example's (lr0 * B / B0), no
-    warm-up. The search's wall time is shown, and added to the total as for (a).
-(c) the example's own setting: BASE_BATCH_SIZE 32 and its AdamW learning rate 3e-3.
+For each task (a model file with `validation_batch(n)`), every setting trains from the same seeded
+initialisation until the validation loss on a fixed held-out set reaches the task's target:
 
-Every run starts from the same seeded initialisation and data stream for its seed, trains with
-bsadvisor's step (zero_grad, loss, backward, optimizer step; the loss divided by the accumulation
-steps when there are several), and evaluates the validation loss on a fixed set of held-out windows
-every EVAL_EXAMPLES training examples. Training time excludes evaluation. A run stops at the target,
-at the wall-clock cap, or when the loss is no longer finite ("diverged").
+- (a) bsadvisor: `bsadvisor recommend FILE --device cpu --json` run as a user runs it; its batch
+  (micro-batch x accumulation), learning rate, warm-up and beta2; its wall time is the probe's cost.
+- (a') bsadvisor's batch-size schedule, where it gives one (batch and rate change at its steps).
+- (b) Lightning: the BatchSizeFinder's largest batch (power mode) under the memory budget of
+  max_batch.py, learning rate scaled linearly from the file's (lr0 * B / B0), no warm-up.
+- (c) the file's own setting: BASE_BATCH_SIZE and its optimizer's rate.
+- the tuned grid: batches B0 x {1/2, 1, 2, 4, 8} x rates lr0 x {1/2, 1, 2, 4}; its best is the one
+  with the least time.
+
+Time is counted, not clocked: steps to target at each batch times that batch's step time, measured in
+this process as the minimum over interleaved repeats (data loading and evaluation excluded). A busy
+machine then moves no result. A run stops at the target, at 4x the base setting's examples, or when its
+loss is no longer finite ("diverged").
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import subprocess
 import sys
@@ -32,194 +35,251 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import common  # noqa: E402
-import max_batch  # noqa: E402
 from advisor.step import split_batch  # noqa: E402
 from advisor.units import parse_size  # noqa: E402
 
-MODEL = common.MODELS["gpt_stdlib"]
-FULL = {"target": 2.0, "cap_seconds": 120.0, "seeds": [0, 1, 2], "budget": "768MiB", "eval_examples": 1024,
-        "val_windows": 1024}
-QUICK = {"target": 2.6, "cap_seconds": 15.0, "seeds": [0], "budget": "48MiB", "eval_examples": 512,
-         "val_windows": 256}
+TASKS = {  # file, target validation loss, memory budget for Lightning (max_batch.py's), eval every N examples
+    "mlp_unicode": {"file": common.REPO / "examples" / "mlp_unicode.py", "target": 0.20, "budget": "16MiB",
+                    "eval_examples": 4096},
+    "gpt_stdlib": {"file": common.REPO / "examples" / "gpt_stdlib.py", "target": 2.20, "budget": "768MiB",
+                   "eval_examples": 2048},
+    "cnn_bytes": {"file": common.REPO / "benchmarks" / "models" / "cnn_bytes.py", "target": 2.90,
+                  "budget": "128MiB", "eval_examples": 4096},
+    "lstm_bytes": {"file": common.REPO / "benchmarks" / "models" / "lstm_bytes.py", "target": 2.25,
+                   "budget": "128MiB", "eval_examples": 2048},
+}
+GRID_BATCHES = (0.5, 1, 2, 4, 8)
+GRID_RATES = (0.5, 1, 2, 4)
+VAL_EXAMPLES = 2048
+CAP = 4.0  # a run stops at this many times the base setting's examples to target
 
 
-def recommend(budget: str, seed: int) -> dict:
-    cmd = ["bsadvisor", "recommend", str(MODEL.relative_to(common.REPO)), "--device", "cpu", "--memory", budget,
-           "--seed", str(seed), "--json"]
+def recommend(path: Path, extra: list[str]) -> dict:
+    cmd = ["bsadvisor", "recommend", str(path.relative_to(common.REPO)), "--device", "cpu", "--json", *extra]
     with common.stopwatch() as took:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)
     doc = json.loads(out.stdout)
     r = doc["recommendation"]
     return {"command": " ".join(cmd), "seconds": took(), "batch": r["batch_size"], "micro_batch": r["micro_batch"],
             "accumulation_steps": r["accumulation_steps"], "lr": r["learning_rate"], "warmup_steps": r["warmup_steps"],
-            "lr_rule": r["lr_rule"], "b_simple": doc["noise"]["b_simple"], "max_batch": doc["memory"]["max_batch"],
-            "safe_max_batch": doc["memory"]["safe_max_batch"], "reasons": r["reasons"]}
+            "beta2": r.get("beta2"), "rule_lr": r.get("rule_learning_rate"), "lr_source": r.get("lr_source"),
+            "b_simple": doc["noise"]["b_simple"], "series": [(p["step"], p["b_simple"]) for p in doc["noise"]["series"]],
+            "plateau": r.get("plateau"), "schedule": r.get("schedule") or [], "probe_seconds": doc["seconds"]}
 
 
 def lightning_batch(spec, budget: int, seed: int) -> dict:
+    import max_batch
     r = max_batch.run_lightning(spec, budget, seed, "power")
     return {"batch": r["batch"], "seconds": r["seconds"]}
 
 
-def train(spec, setting: dict, seed: int, cfg: dict, val) -> dict:
-    """Train until the validation loss reaches the target, the cap, or divergence."""
-    torch.manual_seed(seed)
+class Clock:
+    """Step time per (micro-batch, accumulation), measured once each: min over 3 rounds of 4 steps."""
+
+    def __init__(self, spec):
+        self.spec, self.cache = spec, {}
+
+    def seconds(self, micro: int, accumulation: int) -> float:
+        key = (micro, accumulation)
+        if key not in self.cache:
+            torch.manual_seed(0)
+            model = self.spec.model()
+            opt = self.spec.optimizer(model)
+            batch = self.spec.batch(micro * accumulation)
+            times = []
+            for _ in range(3):
+                for i in range(5):
+                    with common.stopwatch() as took:
+                        _step(self.spec, model, opt, batch, micro, accumulation)
+                    if i:
+                        times.append(took())
+            self.cache[key] = min(times)
+        return self.cache[key]
+
+
+def _step(spec, model, opt, batch, micro, accumulation) -> float:
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    for chunk in split_batch(batch, micro):
+        loss = spec.loss(model, chunk) / accumulation
+        loss.backward()
+        total += loss.item()
+    opt.step()
+    return total
+
+
+def phases(setting: dict) -> list[dict]:
+    """[{from_step, micro, accumulation, lr}] — one phase for a fixed setting, several for a schedule."""
+    if setting.get("schedule"):
+        return [{"from_step": e["from_step"], "micro": e["micro_batch"], "accumulation": e["accumulation_steps"],
+                 "lr": e["learning_rate"]} for e in setting["schedule"]]
+    return [{"from_step": 0, "micro": setting["micro_batch"], "accumulation": setting["accumulation_steps"],
+             "lr": setting["lr"]}]
+
+
+def train(spec, setting: dict, target: float, val, eval_examples: int, max_examples: float, clock: Clock) -> dict:
+    torch.manual_seed(0)
     model = spec.model()
     opt = spec.optimizer(model)
     base_lr = opt.param_groups[0]["lr"]
-    micro, accumulation = setting["micro_batch"], setting["accumulation_steps"]
-    batch_size = micro * accumulation
-    eval_every = max(1, round(cfg["eval_examples"] / batch_size))
-    curve, seconds, step, reached, status = [], 0.0, 0, None, "cap"
-    first = _val_loss(spec, model, val)
-    curve.append((0, 0.0, first))
-    while seconds < cfg["cap_seconds"]:
-        lr = _lr(step, base_lr, setting["lr"], setting["warmup_steps"])
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with common.stopwatch() as took:
-            opt.zero_grad(set_to_none=True)
-            for chunk in split_batch(spec.make_batch(batch_size), micro):
-                loss = spec.loss(model, chunk) / accumulation
-                loss.backward()
-            opt.step()
-        seconds += took()
-        step += 1
-        if not math.isfinite(loss.item()):
+    scales = [g["lr"] / base_lr for g in opt.param_groups]
+    if setting.get("beta2") is not None:
+        for g in opt.param_groups:
+            g["betas"] = (g["betas"][0], setting["beta2"])
+    plan = phases(setting)
+    step, examples, seconds, next_eval, status = 0, 0, 0.0, eval_examples, "cap"
+    warmup = setting.get("warmup_steps") or 0
+    curve = [(0, 0.0, _val_loss(spec, model, val))]
+    while examples < max_examples:
+        phase = [p for p in plan if p["from_step"] <= step][-1]
+        lr = phase["lr"] if not warmup or step >= warmup else base_lr + (phase["lr"] - base_lr) * (step + 1) / warmup
+        for g, s in zip(opt.param_groups, scales):
+            g["lr"] = lr * s
+        size = phase["micro"] * phase["accumulation"]
+        loss = _step(spec, model, opt, spec.batch(size), phase["micro"], phase["accumulation"])
+        step, examples = step + 1, examples + size
+        seconds += clock.seconds(phase["micro"], phase["accumulation"])
+        if not math.isfinite(loss):
             status = "diverged"
             break
-        if step % eval_every == 0:
+        if examples >= next_eval:
+            next_eval += eval_examples
             v = _val_loss(spec, model, val)
             curve.append((step, seconds, v))
             if not math.isfinite(v):
                 status = "diverged"
                 break
-            if v <= cfg["target"]:
-                reached, status = (step, seconds), "reached"
+            if v <= target:
+                status = "reached"
                 break
-    steps = reached[0] if reached else step
-    return {"seed": seed, "status": status, "steps": steps,
-            "train_seconds": reached[1] if reached else seconds, "examples": steps * batch_size,
+    return {"status": status, "steps": step, "examples": examples, "seconds": seconds,
             "best_val": min(c[2] for c in curve), "curve": curve}
-
-
-def _lr(step: int, base: float, target: float, warmup: int) -> float:
-    """Linear warm-up from the base learning rate to the target over `warmup` steps."""
-    if warmup and step < warmup:
-        return base + (target - base) * (step + 1) / warmup
-    return target
 
 
 @torch.no_grad()
 def _val_loss(spec, model, val) -> float:
-    return sum(spec.loss(model, chunk).item() * len(chunk[0]) for chunk in split_batch(val, 256)) / len(val[0])
+    return sum(spec.loss(model, chunk).item() * len(chunk[0]) for chunk in split_batch(val, 512)) / len(val[0])
 
 
-def validation_set(spec, windows: int):
-    module = sys.modules[spec.build_model.__module__]  # the model file, as load_spec imported it
+def run_task(name: str, cfg: dict, quick: bool) -> dict:
+    spec = common.load(cfg["file"])
+    module = sys.modules[spec.build_model.__module__]
     torch.manual_seed(1234)
-    return module.validation_batch(windows)
+    val = module.validation_batch(VAL_EXAMPLES // (4 if quick else 1))
+    base_batch = spec.base_batch_size
+    base_lr = spec.optimizer(spec.model()).param_groups[0]["lr"]
+    clock = Clock(spec)
+    target = cfg["target"] + (0.3 if quick else 0.0)
+    fixed = lambda b, lr: {"micro_batch": b, "accumulation_steps": 1, "lr": lr, "warmup_steps": 0}  # noqa: E731
+    base = train(spec, fixed(base_batch, base_lr), target, val, cfg["eval_examples"], math.inf, clock)
+    if base["status"] != "reached":
+        raise SystemExit(f"{name}: the base setting did not reach {target}: pick another target")
+    cap = CAP * base["examples"]
+    print(f"{name}: base {base_batch} @ {base_lr:g}: {base['steps']} steps, {base['seconds']:.2f} s", file=sys.stderr)
+    rec = recommend(cfg["file"], ["--target-loss", str(target)] + (["--noise-budget", "3s"] if quick else []))
+    print(f"{name}: recommend -> {rec['batch']} @ {rec['lr']:.4g} (rule {rec['rule_lr']:.4g}), warm-up "
+          f"{rec['warmup_steps']}, beta2 {rec['beta2']}, {rec['seconds']:.1f} s", file=sys.stderr)
+    settings = {"(c) base": {**fixed(base_batch, base_lr), "run": base}}
+    settings["(a) bsadvisor"] = {"micro_batch": rec["micro_batch"], "accumulation_steps": rec["accumulation_steps"],
+                                 "lr": rec["lr"], "warmup_steps": rec["warmup_steps"], "beta2": rec["beta2"]}
+    if rec["schedule"]:
+        settings["(a') bsadvisor schedule"] = {"schedule": rec["schedule"], "micro_batch": rec["micro_batch"],
+                                               "accumulation_steps": rec["accumulation_steps"], "lr": rec["lr"],
+                                               "warmup_steps": 0}
+    if not quick:
+        lit = lightning_batch(spec, parse_size(cfg["budget"]), seed=0)
+        settings["(b) Lightning + linear lr"] = {**fixed(lit["batch"], base_lr * lit["batch"] / base_batch),
+                                                 "tool_seconds": lit["seconds"]}
+    for b in GRID_BATCHES if not quick else (1, 2):
+        for f in GRID_RATES if not quick else (1, 2):
+            batch = max(2, round(base_batch * b))
+            settings[f"grid {batch} @ {f:g}x"] = fixed(batch, base_lr * f)
+    for label, s in settings.items():
+        if "run" not in s:
+            s["run"] = train(spec, s, target, val, cfg["eval_examples"], cap, clock)
+        r = s["run"]
+        print(f"  {label}: {r['status']} {r['steps']} steps {r['examples']} examples {r['seconds']:.2f} s",
+              file=sys.stderr)
+    grid = {k: s for k, s in settings.items() if k.startswith("grid")}
+    reached = {k: s for k, s in grid.items() if s["run"]["status"] == "reached"}
+    best = min(reached, key=lambda k: reached[k]["run"]["seconds"])
+    return {"target": target, "base_batch": base_batch, "base_lr": base_lr, "recommend": rec, "settings": settings,
+            "best_grid": best, "step_seconds": {f"{m}x{a}": t for (m, a), t in clock.cache.items()}}
 
 
 def report(data: dict) -> str:
-    cfg = data["config"]
+    lines = []
     rows = []
-    for name, s in data["settings"].items():
-        for run in s["runs"]:
-            total = run["train_seconds"] + s["tool_seconds"] if run["status"] == "reached" else None
-            rows.append([name, f"{s['micro_batch']} x {s['accumulation_steps']}" if s["accumulation_steps"] > 1
-                         else s["micro_batch"], f"{s['lr']:.3g}", s["warmup_steps"], run["seed"],
-                         run["status"] if run["status"] != "reached" else "yes",
-                         run["steps"], run["examples"], f"{run['train_seconds']:.1f}", f"{s['tool_seconds']:.1f}",
-                         f"{total:.1f}" if total is not None else f"not reached (> {cfg['cap_seconds']:.0f} s cap)",
-                         f"{run['best_val']:.3f}"])
-    headers = ["setting", "batch (micro x accum.)", "lr", "warm-up steps", "seed", "reached?", "steps",
-               "examples", "train s", "tool s", "total s to target", "best val loss"]
-    lines = [common.table(headers, rows), ""]
-    summary = []
-    for name, s in data["settings"].items():
-        done = [r for r in s["runs"] if r["status"] == "reached"]
-        if done:
-            med = sorted(r["train_seconds"] + s["tool_seconds"] for r in done)[len(done) // 2]
-            summary.append(f"{name}: {len(done)}/{len(s['runs'])} reached, median total {med:.1f} s")
-        else:
-            summary.append(f"{name}: 0/{len(s['runs'])} reached")
-    lines.append("Summary: " + "; ".join(summary) + ".")
-    a = data["settings"]["(a) bsadvisor"]["recommend"]
-    lines += ["", f"- (a) `{a['command']}` took {a['seconds']:.1f} s: batch {a['batch']} ({a['micro_batch']} x "
-              f"{a['accumulation_steps']}), lr {a['lr']:.3g} by {a['lr_rule']}, warm-up {a['warmup_steps']} steps; "
-              f"B_simple {a['b_simple']:.3g}, largest batch {a['max_batch']} ({a['safe_max_batch']} with the 10% "
-              f"margin). Its reasons: " + " / ".join(a["reasons"]),
-              f"- (b) Lightning's BatchSizeFinder (power mode) under the same enforced budget returned "
-              f"{data['settings']['(b) Lightning + linear lr']['micro_batch']} in "
-              f"{data['settings']['(b) Lightning + linear lr']['tool_seconds']:.1f} s."]
+    for name, t in data["tasks"].items():
+        s = t["settings"]
+        best = s[t["best_grid"]]["run"]["seconds"]
+        base = s["(c) base"]["run"]["seconds"]
+        for label in ("(a) bsadvisor", "(a') bsadvisor schedule", "(b) Lightning + linear lr", "(c) base",
+                      t["best_grid"]):
+            if label not in s:
+                continue
+            r = s[label]["run"]
+            batch = (" -> ".join(str(e["batch_size"]) for e in s[label]["schedule"]) if s[label].get("schedule")
+                     else f"{s[label]['micro_batch']}" + (f" x {s[label]['accumulation_steps']}"
+                                                          if s[label]["accumulation_steps"] > 1 else ""))
+            lr = s[label]["lr"]
+            reached = r["status"] == "reached"
+            rows.append([name, label if label != t["best_grid"] else f"best of grid ({label[5:]})", batch,
+                         f"{lr:.3g}", s[label].get("warmup_steps") or 0, r["status"], r["steps"], r["examples"],
+                         f"{r['seconds']:.2f}" if reached else "-",
+                         f"{r['seconds'] / base:.2f}x" if reached else "-",
+                         f"{r['seconds'] / best:.2f}x" if reached else "-"])
+    headers = ["task", "setting", "batch", "lr", "warm-up", "status", "steps", "examples", "train s (counted)",
+               "vs base", "vs best of grid"]
+    lines += [common.table(headers, rows), ""]
+    for name, t in data["tasks"].items():
+        rec = t["recommend"]
+        lines.append(f"- {name}: target {t['target']}; `{rec['command']}` took {rec['seconds']:.1f} s wall "
+                     f"(probes {rec['probe_seconds']:.1f} s): batch {rec['batch']}, lr {rec['lr']:.3g} "
+                     f"({rec['lr_source']}; rule {rec['rule_lr']:.3g}), warm-up {rec['warmup_steps']}, beta2 "
+                     f"{rec['beta2']}; B_simple {rec['b_simple']:.3g} at its last point; plateau {rec['plateau']}; "
+                     f"noise series (step, B_simple): {', '.join(f'({a}, {b:.3g})' for a, b in rec['series'])}.")
     return "\n".join(lines)
 
 
 def plot(data: dict, out: Path) -> None:
     plt = common.plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = {"(a) bsadvisor": "#1b9e77", "(b) Lightning + linear lr": "#7570b3", "(c) base": "#d95f02"}
-    for name, s in data["settings"].items():
-        for i, run in enumerate(s["runs"]):
-            xs = [c[1] + s["tool_seconds"] for c in run["curve"]]
-            ys = [c[2] for c in run["curve"]]
-            ax.plot(xs, ys, color=colors.get(name), lw=1, alpha=0.85, label=name if i == 0 else None)
-    ax.axhline(data["config"]["target"], color="black", ls="--", lw=1, label="target")
-    ax.set_xlabel("wall seconds, the tool's own cost included (training only; evaluation excluded)")
-    ax.set_ylabel("validation loss (nats/byte)")
-    ax.set_ylim(top=min(ax.get_ylim()[1], 3.5))
-    ax.set_title("GPT example: time to a validation-loss target on the CPU, 3 seeds", fontsize=10)
-    ax.legend(fontsize=8)
+    tasks = list(data["tasks"])
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], tasks):
+        t = data["tasks"][name]
+        for label, s in t["settings"].items():
+            r = s["run"]
+            xs, ys = [c[1] for c in r["curve"]], [c[2] for c in r["curve"]]
+            grid = label.startswith("grid")
+            best = label == t["best_grid"]
+            ax.plot(xs, ys, lw=1.6 if not grid or best else 0.6, alpha=1 if not grid or best else 0.35,
+                    color="#999999" if grid and not best else None,
+                    label=None if grid and not best else (f"best of grid ({label[5:]})" if best else label))
+        ax.axhline(t["target"], color="black", ls="--", lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("counted training seconds")
+        ax.set_ylim(top=t["target"] + 1.0, bottom=t["target"] - 0.3)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("validation loss")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
 
 def main() -> None:
-    ap = common.argument_parser(__doc__, "time_to_target", "easy target, short cap: checks the script")
+    ap = common.argument_parser(__doc__, "time_to_target", "easier targets, a 2x2 grid: checks the script")
+    ap.add_argument("--tasks", default=",".join(TASKS))
     args = common.parse_arguments(ap)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    cfg = dict(QUICK if args.quick else FULL)
+    name = common.results_name("time_to_target", args.quick)
     if args.from_results:
-        data = common.load_results(common.results_name("time_to_target", args.quick))
+        data = common.load_results(name)
     else:
-        data = run_study(cfg, common.results_name("time_to_target", args.quick))
-    cfg = data["config"]
-    conditions = (f" Target validation loss {cfg['target']} (nats per byte, {cfg['val_windows']} fixed held-out "
-                  f"windows, evaluated every {cfg['eval_examples']} training examples), cap "
-                  f"{cfg['cap_seconds']:.0f} s of training per run, memory budget {cfg['budget']} for (a) and (b).")
-    common.publish(args, "time_to_target", data, report(data), plot, "validation loss against wall time", conditions)
-
-
-def run_study(cfg: dict, results_name: str) -> dict:
-    spec = common.load(MODEL)
-    val = validation_set(spec, cfg["val_windows"])
-    base_batch, base_lr = spec.base_batch_size, spec.optimizer(spec.model()).param_groups[0]["lr"]
-
-    rec = recommend(cfg["budget"], seed=0)
-    print(f"(a) bsadvisor: {rec}", file=sys.stderr)
-    lit = lightning_batch(spec, parse_size(cfg["budget"]), seed=0)
-    print(f"(b) Lightning: {lit}", file=sys.stderr)
-    settings = {
-        "(a) bsadvisor": {"micro_batch": rec["micro_batch"], "accumulation_steps": rec["accumulation_steps"],
-                          "lr": rec["lr"], "warmup_steps": rec["warmup_steps"], "tool_seconds": rec["seconds"],
-                          "recommend": rec},
-        "(b) Lightning + linear lr": {"micro_batch": lit["batch"], "accumulation_steps": 1,
-                                      "lr": base_lr * lit["batch"] / base_batch, "warmup_steps": 0,
-                                      "tool_seconds": lit["seconds"]},
-        "(c) base": {"micro_batch": base_batch, "accumulation_steps": 1, "lr": base_lr, "warmup_steps": 0,
-                     "tool_seconds": 0.0},
-    }
-    for name, s in settings.items():
-        s["runs"] = []
-        for seed in cfg["seeds"]:
-            run = train(spec, s, seed, cfg, val)
-            s["runs"].append(run)
-            print(f"  {name} seed {seed}: {run['status']} after {run['steps']} steps, {run['train_seconds']:.1f} s, "
-                  f"best val {run['best_val']:.3f}", file=sys.stderr)
-    data = {"machine": common.machine(), "command": common.command_line(), "config": cfg, "settings": settings}
-    common.save_results(results_name, data)
-    return data
+        data = {"machine": common.machine(), "command": common.command_line(), "tasks": {}}
+        for task in args.tasks.split(","):
+            data["tasks"][task] = run_task(task, TASKS[task], args.quick)
+            common.save_results(name, data)
+    common.publish(args, "time_to_target", data, report(data), plot, "validation loss against counted time",
+                   " Time is counted: steps x the batch's measured step time (minimum of interleaved repeats).")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from advisor.advice import (StepTimeFit, best_plan, fit_step_time, goodput, learning_rate_factor, make_plan,
-                            optimizer_family, plan_for_batch, recommend, statistical_efficiency, warmup_steps)
+from advisor.advice import (PLATEAU_TOLERANCE, StepTimeFit, batch_schedule, best_plan, beta2_for, fit_step_time,
+                            goodput, goodput_plateau, learning_rate_factor, plan_at, make_plan, optimizer_family,
+                            plan_for_batch, recommend, statistical_efficiency, warmup_steps, with_swept_rate)
 
 
 def test_fit_recovers_alpha_and_beta():
@@ -85,15 +86,85 @@ def test_families():
 
 
 def test_warmup_only_when_the_rate_more_than_doubles():
-    assert warmup_steps(1.5) == 0 and warmup_steps(2.0) == 0
-    assert warmup_steps(4.0) == 200
+    assert warmup_steps(1.5, 10_000, 100) == 0 and warmup_steps(2.0, 10_000, 100) == 0
+    assert warmup_steps(4.0, 10_000, 100) == 10  # a tenth of the probe's 10 000 examples, at batch 100
+    assert warmup_steps(4.0, 10, 100) == 1
 
 
 def test_recommendation_names_rule_lr_and_reasons():
     rec = recommend(StepTimeFit(0.01, 0.0001), 0.001, noise_scale=400, base_batch=32, base_lr=0.1, family="sgd",
                     max_micro=10**6)
-    assert rec.plan.batch_size == 200
-    factor = (1 + 400 / 32) / (1 + 400 / 200)
+    assert rec.plateau.low <= 200 <= rec.plateau.high and abs(rec.plateau.best - 200) <= 2  # B* = sqrt(phi a / b)
+    assert rec.plan.batch_size == rec.plateau.low  # the base (32) is below the plateau: its nearest end
+    factor = (1 + 400 / 32) / (1 + 400 / rec.plan.batch_size)
     assert rec.learning_rate == pytest.approx(0.1 * factor)
     assert rec.warmup_steps > 0 and rec.goodput_vs_base > 1
     assert any("goodput" in r for r in rec.reasons)
+
+
+@pytest.mark.parametrize("phi,alpha,beta,optimizer", [(400, 0.01, 1e-4, 0.0), (30, 0.002, 1e-5, 0.0),
+                                                      (5000, 0.5, 1e-5, 0.49), (math.inf, 0.01, 1e-4, 0.0)])
+def test_plateau_edges_are_exact(phi, alpha, beta, optimizer):
+    """Every batch from low to high is within the tolerance of the best goodput; the next ones out are not."""
+    fit, base, limit = StepTimeFit(alpha, beta), 32, 512
+
+    def value(b):
+        return goodput(plan_at(fit, optimizer, b, limit), phi, base)
+
+    plateau = goodput_plateau(fit, optimizer, phi, base, limit)
+    best = value(plateau.best)
+    threshold = (1 - PLATEAU_TOLERANCE) * best
+    assert all(value(b) >= threshold for b in range(plateau.low, plateau.high + 1, max(1, (plateau.high - plateau.low) // 50)))
+    assert plateau.low == 1 or value(plateau.low - 1) < threshold
+    assert plateau.high == limit * 64 or value(plateau.high + 1) < threshold
+    assert best >= max(value(b) for b in range(1, 4 * limit, 7)) * (1 - 1e-9)
+
+
+def test_the_base_batch_stays_when_it_is_on_the_plateau():
+    rec = recommend(StepTimeFit(0.01, 0.0001), 0.0, noise_scale=400, base_batch=180, base_lr=0.1, family="sgd",
+                    max_micro=10**6)
+    assert rec.plan.batch_size == 180 and rec.learning_rate == pytest.approx(0.1) and rec.warmup_steps == 0
+
+
+def test_timing_noise_moves_the_batch_less_than_the_noise():
+    """Step-time fits 20% apart (a busy machine's spread) move the chosen batch by less than 1.3x."""
+    chosen = [recommend(StepTimeFit(0.01 * a, 0.0001 * b), 0.0, 400, 32, 0.1, "sgd", 10**6).plan.batch_size
+              for a in (0.9, 1.1) for b in (0.9, 1.1)]
+    assert max(chosen) / min(chosen) < 1.3
+
+
+def test_beta2_keeps_its_half_life_in_examples():
+    assert beta2_for(0.95, 32, 48) is None  # within 2x of the base: left alone
+    assert beta2_for(0.95, 32, 128) == pytest.approx(0.95 ** 4)
+    assert beta2_for(0.999, 256, 32) == pytest.approx(0.999 ** (1 / 8))
+    rec = recommend(StepTimeFit(0.01, 0.0001), 0.0, 400, 32, 1e-3, "adam", 10**6, base_beta2=0.95)
+    assert rec.beta2 == pytest.approx(0.95 ** (rec.plan.batch_size / 32))
+    assert recommend(StepTimeFit(0.01, 0.0001), 0.0, 400, 32, 0.1, "sgd", 10**6, base_beta2=0.95).beta2 is None
+
+
+def test_a_swept_rate_replaces_the_rule_and_keeps_it_reported():
+    rec = recommend(StepTimeFit(0.01, 0.0001), 0.0, 400, 32, 0.1, "sgd", 10**6, warmup_examples=10_000)
+    swept = with_swept_rate(rec, 0.9, "5 runs")
+    assert swept.learning_rate == 0.9 and swept.rule_learning_rate == rec.learning_rate
+    assert swept.lr_source == "sweep" and swept.lr_factor == pytest.approx(9.0)
+    assert swept.warmup_steps == math.ceil(0.1 * 10_000 / swept.plan.batch_size)
+    assert sum(r.startswith("warm up") for r in swept.reasons) == 1
+
+
+def test_a_growing_noise_scale_gives_a_rising_schedule_that_ends_at_the_recommendation():
+    fit = StepTimeFit(0.01, 0.0001)
+    final = with_swept_rate(recommend(fit, 0.0, 4000, 32, 0.1, "sgd", 10**6), 1.0, "test")
+    series = [(0, 10.0), (3200, 40.0), (12800, 400.0), (51200, 4000.0)]
+    schedule = batch_schedule(fit, 0.0, series, final, 10**6)
+    batches = [e.plan.batch_size for e in schedule]
+    assert len(schedule) >= 3 and batches == sorted(batches) and batches[-1] == final.plan.batch_size
+    assert all(b2 >= 1.5 * b1 for b1, b2 in zip(batches, batches[1:]))
+    assert [e.from_step for e in schedule] == sorted(e.from_step for e in schedule) and schedule[0].from_step == 0
+    assert schedule[-1].learning_rate == final.learning_rate
+    assert batch_schedule(fit, 0.0, [(0, 4000.0), (100, 4000.0)], final, 10**6) == ()  # flat: no schedule
+
+
+def test_the_step_time_fit_near_a_batch_follows_the_local_slope():
+    points = [(1, 0.001), (2, 0.001), (4, 0.001), (256, 0.0266), (512, 0.0522), (1024, 0.2)]  # curving up late
+    near = fit_step_time(points, around=384)
+    assert near.beta == pytest.approx(0.0001, rel=0.2)

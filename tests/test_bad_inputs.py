@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from advisor.cli import app
 
-FAST = ["--device", "cpu", "--max-step-seconds", "0.05", "--noise-warmup-steps", "0"]
+FAST = ["--device", "cpu", "--max-step-seconds", "0.05", "--noise-warmup-steps", "0", "--noise-budget", "20steps"]
 
 # A valid model file; each case appends lines that redefine or delete one name (the last definition wins).
 GOOD = """\

@@ -11,7 +11,7 @@ from advisor import __version__
 from advisor.cli import app
 from tests.models import MLP
 
-FAST = ["--device", "cpu", "--max-step-seconds", "0.05"]
+FAST = ["--device", "cpu", "--max-step-seconds", "0.05", "--noise-budget", "20steps"]
 DESIGN_FIELDS = {
     "memory": ["max_batch", "safe_max_batch", "budget_bytes", "bytes_per_sample", "fixed_bytes"],
     "noise": ["b_simple", "ci95", "grad_sq_norm", "trace_sigma"],
@@ -82,7 +82,7 @@ def test_recommend_table_goes_to_stdout_and_writes_nothing_beside_the_model(mlp)
 
 @pytest.mark.parametrize("command,section,extra", [
     ("max-batch", "memory", ["--memory", "64MiB"]),
-    ("noise", "noise", ["--memory", "64MiB", "--noise-warmup-steps", "0"]),
+    ("noise", "noise", ["--memory", "64MiB", "--noise-warmup-steps", "0", "--noise-budget", "20steps"]),
     ("throughput", "throughput", ["--batch-sizes", "1,4,16", "--max-step-seconds", "1"]),
 ])
 def test_single_probe_commands_print_only_their_section(mlp, command, section, extra):

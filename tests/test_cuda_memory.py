@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from advisor import pipeline
+from advisor.probes.noise import NoiseBudget
 from advisor.cli import app
 from advisor.device import Backend, Budget, nvml_index, resolve_device
 from advisor.errors import BadInput, DeviceUnavailable, ProbeFailed
@@ -285,7 +286,8 @@ def test_max_batch_on_cuda_through_the_cli(mlp, on_fake_cuda):
 
 def test_recommend_on_cuda_uses_the_confirmed_batch(mlp):
     backend = card(ratio=1.05)  # the trace is 5% low: the recommendation must stay within the real limit
-    settings = pipeline.Settings(noise_snapshots=4, noise_warmup_steps=1, max_step_seconds=0.05)
+    settings = pipeline.Settings(noise_snapshots=4, noise_warmup_steps=1, max_step_seconds=0.05,
+                                 noise_budget=NoiseBudget(seconds=None, steps=20))
     advisor = pipeline.Advisor(load_spec(mlp), backend, settings)
     plan, memory = advisor.recommendation().plan, advisor.memory()
     assert memory.max_batch < memory.predicted_max_batch and memory.method == MEASURED_ON_CUDA
@@ -337,9 +339,37 @@ class ScriptedClock(FakeCudaBackend):
 def test_the_warm_up_step_is_not_timed(mlp):
     backend = ScriptedClock()
     result = measure_throughput(load_spec(mlp), backend, [4], warmup_steps=1, timed_steps=5)
-    assert backend.calls == 2 * (1 + 5)
+    assert backend.calls == 3 * 2 * (1 + 5)  # three rounds, each a warm-up and five timed steps
     assert [(p.step_seconds, p.optimizer_seconds) for p in result.points] == [(0.02, 0.01)]
-    assert result.method == "measured on CUDA: median of 5 timed steps after 1 warm-up"
+    assert result.method == "measured on CUDA: minimum of 3 interleaved rounds of 5 timed steps, each after 1 warm-up"
+
+
+class BusyRound(FakeCudaBackend):
+    """Another process's burst of load lands on one round: every step in it takes 10x longer."""
+
+    def __init__(self, busy_calls: range):
+        super().__init__()
+        self.calls, self.busy = 0, busy_calls
+
+    def timed(self, fn) -> float:
+        fn()
+        self.calls += 1
+        return 0.1 if self.calls in self.busy else 0.01
+
+
+@pytest.mark.parametrize("busy", [range(1, 17), range(17, 33), range(33, 49)], ids=["round 1", "round 2", "round 3"])
+def test_a_burst_of_load_in_one_round_moves_no_step_time(mlp, busy):
+    backend = BusyRound(busy)  # 2 sizes x (1 warm-up + 3 timed) x 2 timings = 16 calls a round
+    result = measure_throughput(load_spec(mlp), backend, [4, 8], warmup_steps=1, timed_steps=3)
+    assert [p.step_seconds for p in result.points] == [0.02, 0.02]
+    assert all(p.spread >= 0 for p in result.points)
+
+
+def test_step_times_that_fall_with_the_batch_are_flagged():
+    from advisor.probes.throughput import ThroughputPoint, not_rising
+    points = [ThroughputPoint(b, t, 0.0) for b, t in [(1, 0.010), (2, 0.011), (4, 0.005), (8, 0.012)]]
+    assert not_rising(points) == [(1, 4), (2, 4)]
+    assert not_rising([ThroughputPoint(b, 0.01 * b, 0.0) for b in (1, 2, 4)]) == []
 
 
 # ----------------------------------------------------------------------------- OOM in the throughput and noise probes
@@ -366,7 +396,7 @@ def test_throughput_stops_growing_at_out_of_memory_and_notes_it(write_model):
 def test_noise_halves_its_batch_on_out_of_memory(write_model):
     path = write_model(OOM_AT.replace("LIMIT", "8"))  # micro-batches of 8 (batch 64) do not fit, of 4 do
     result = invoke("noise", path, "--device", "cpu", "--batch-size", "64", "--snapshots", "4",
-                    "--noise-warmup-steps", "1", "--base-batch", "4", "--json")
+                    "--noise-warmup-steps", "1", "--base-batch", "4", "--noise-budget", "20steps", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["noise"]["batch_size"] == 32 and doc["noise"]["micro_batch"] == 4

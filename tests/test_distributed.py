@@ -75,7 +75,8 @@ def test_cluster_plan_pays_the_allreduce_once_per_update_and_says_it_predicts():
 def test_plan_gpus_predicts_from_the_profile(write_model):
     path = write_model(MLP)
     result = CliRunner().invoke(app, ["recommend", str(path), "--device", "cpu", "--max-step-seconds", "0.02",
-                                      "--plan-gpus", "8", "--profile", "a100-sxm-80gb", "--json"])
+                                      "--plan-gpus", "8", "--profile", "a100-sxm-80gb", "--noise-budget", "20steps",
+                                      "--json"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)["plan"]
     assert plan["gpus"] == 8 and plan["global_batch"] == 8 * plan["per_device_micro_batch"] * plan["accumulation_steps"]
@@ -92,7 +93,7 @@ def test_plan_gpus_without_a_profile_is_bad_input(write_model):
 def test_two_rank_noise_matches_the_closed_form_and_only_rank_0_prints(write_model):
     path = write_model(LINEAR_REGRESSION)
     code, out, err, _ = advisor("noise", path, "--device", "cpu", "--batch-size", "64", "--snapshots", "32",
-                                "--nproc-per-node", "2", "--json")
+                                "--noise-budget", "1steps", "--nproc-per-node", "2", "--json")
     assert code == 0, err
     noise = json.loads(out)["noise"]  # stdout is one JSON document: rank 1 printed nothing
     assert noise["b_simple"] == pytest.approx(LINEAR_REGRESSION_B_SIMPLE, rel=0.15)
@@ -104,7 +105,7 @@ def test_two_rank_recommend_agrees_with_one_process_on_the_noise():
     """The done-when: a 2-process recommend on the CPU, its noise inside the one-process interval
     and the one-process estimate inside its interval (the two are independent samples)."""
     code, out, err, _ = advisor("recommend", MLP_UNICODE, "--device", "cpu", "--nproc-per-node", "2",
-                                "--max-step-seconds", "0.05", "--json")
+                                "--max-step-seconds", "0.05", "--noise-budget", "40steps", "--json")
     assert code == 0, err
     doc = json.loads(out)
     rec = doc["recommendation"]
@@ -113,7 +114,7 @@ def test_two_rank_recommend_agrees_with_one_process_on_the_noise():
     assert "DistributedDataParallel" in doc["throughput"]["method"]
     assert "gradient buckets" in doc["memory"]["method"]
 
-    code, single_out, err, _ = advisor("noise", MLP_UNICODE, "--device", "cpu", "--json")
+    code, single_out, err, _ = advisor("noise", MLP_UNICODE, "--device", "cpu", "--noise-budget", "40steps", "--json")
     assert code == 0, err
     single, dp = json.loads(single_out)["noise"], doc["noise"]
     assert dp["batch_size"] == single["batch_size"] and dp["micro_batch"] == single["micro_batch"]
@@ -148,7 +149,7 @@ def _processes_running(path: Path) -> list[int]:
 def test_a_killed_rank_ends_the_job_with_exit_4_and_leaves_no_process(write_model):
     path = write_model(KILLED, name="killed_rank_model.py")
     code, out, err, seconds = advisor("noise", path, "--device", "cpu", "--batch-size", "64", "--snapshots", "16",
-                                      "--nproc-per-node", "2", "--collective-timeout", "30", "--json")
+                                      "--noise-budget", "20steps", "--nproc-per-node", "2", "--collective-timeout", "30", "--json")
     assert code == 4 and out == ""
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("bsadvisor: error: rank 1 was killed by SIGKILL"), err

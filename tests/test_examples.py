@@ -22,7 +22,7 @@ def test_example_honours_the_contract(path):
 
 def test_recommend_on_the_gpt_example_end_to_end():
     gpt = next(p for p in EXAMPLES if "gpt" in p.stem)
-    result = CliRunner().invoke(app, ["recommend", str(gpt), "--device", "cpu", "--json"])
+    result = CliRunner().invoke(app, ["recommend", str(gpt), "--device", "cpu", "--noise-budget", "80steps", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert_design_fields(doc)

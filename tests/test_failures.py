@@ -40,7 +40,7 @@ def test_diverging_loss_in_the_throughput_probe_names_the_step(write_model):
 def test_diverging_loss_in_the_noise_probe_names_the_snapshot(write_model):
     path = write_model(DIVERGES_AFTER_5_LOSSES)
     result = CliRunner().invoke(app, ["noise", str(path), "--device", "cpu", "--batch-size", "64",
-                                      "--noise-warmup-steps", "0", "--memory", "64MiB"])
+                                      "--noise-warmup-steps", "0", "--memory", "64MiB", "--noise-budget", "20steps"])
     assert result.exit_code == 4
     line = one_error_line(result)
     assert "non-finite loss" in line and "noise snapshot" in line

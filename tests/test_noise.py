@@ -62,7 +62,8 @@ def test_noise_command_recovers_the_closed_form_noise_scale(write_model):
     held = 0
     for seed in range(10):
         result = CliRunner().invoke(app, ["noise", str(path), "--device", "cpu", "--batch-size", "1024",
-                                          "--noise-warmup-steps", "0", "--seed", str(seed), "--json"])
+                                          "--noise-warmup-steps", "0", "--noise-budget", "1steps", "--snapshots", "32",
+                                          "--seed", str(seed), "--json"])
         assert result.exit_code == 0, result.output
         noise = json.loads(result.stdout)["noise"]
         assert noise["b_simple"] == pytest.approx(truth, rel=0.15)

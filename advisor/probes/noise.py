@@ -1,46 +1,112 @@
-"""The gradient noise probe: micro-batch gradients at fixed weights, over several weight snapshots.
+"""The gradient noise probe: B_simple followed along a training run, not sampled once.
 
-After `warmup_steps` ordinary training steps (the noise at initialisation is atypical), each snapshot
-draws B = k·b examples, takes the k micro-batch gradients without moving the weights, records s̄ and
-S, then trains one step on their mean so the next snapshot sees new weights. For Adam-family
-optimizers the gradients are preconditioned (divided by √v̂ + ε) when v̂ exists after the warm-up,
-since that is the geometry the optimizer steps in; with no warm-up every snapshot stays raw.
+The noise scale grows as the loss falls (McCandlish et al. 2018; Merrill et al. 2025), so one reading
+after ten steps describes the start of training, not the run. The probe trains the user's own setting
+(the base batch, the optimizer as given) and measures at steps spaced geometrically, 10, 20, 40, ...
+(the first at `--noise-warmup-steps`), until the probe's budget (seconds or training steps) would be
+passed by the next point. At each point, `snapshots` times: draw B = k·b examples, take the k
+micro-batch gradients without moving the weights, record s̄ and S, then train one step on their mean,
+so the next snapshot sees new weights.
+
+Every gradient is seen in the geometry the optimizer steps in (`advisor.preconditioners`): divided by
+the divisor D the optimizer would use at that step, its second moment updated with the step's gradient;
+raw for SGD, and raw with a note where no divisor is sound. The k micro-batch gradients are summed
+and their squares summed elementwise, so D (which depends on their mean) is applied after the pass.
 
 In a data-parallel job (McCandlish et al., appendix A) the k micro-batches are shared out: each of
-the n ranks takes k/n of them on its own examples, and s̄ (the mean of the k ‖gᵢ‖²) and S (the norm
-of the mean of all k gᵢ) are sums over ranks: the same estimator, each rank's gradients the small
-batch, their all-reduced mean the big one. The warm-up is the same on every rank (same seed), so
-the weights agree without communication; the snapshot steps use the all-reduced gradient.
+the n ranks takes k/n of them on its own examples, and the sums are all-reduced: the same estimator,
+each rank's gradients the small batch, their all-reduced mean the big one. The training between
+points draws the same batches on every rank (same seed), so the weights agree without communication;
+the snapshot steps use the all-reduced gradient.
 """
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from advisor import distributed
+from advisor import distributed, preconditioners
 from advisor.device import Backend
 from advisor.errors import ProbeFailed
-from advisor.noise_scale import NoiseScale, noise_scale, two_batch_estimates
+from advisor.noise_scale import NoiseScale, Snapshot, noise_scale, series_trend, two_batch_estimates
 from advisor.spec import ModelSpec
 from advisor.step import move_batch, split_batch, train_step
+
+FIRST_SPACING = 10   # the series' steps: warm-up, then 20, 40, 80, ... (doubling from 10)
+MAX_POINTS = 16
+LATE_POINTS = 2      # the advice's noise scale pools the snapshots of the last points
+OVERRUN = 3.0        # a budget planned in steps still ends past this many times its seconds
+
+
+@dataclass(frozen=True)
+class NoiseBudget:
+    """How far the probe's training run may go: `seconds` of probing, or `steps` of training."""
+    seconds: float | None = 30.0
+    steps: int | None = None
+    planned_from: float | None = None  # the seconds a steps budget was planned from (by measured step times)
+
+    def describe(self) -> str:
+        if self.seconds is not None:
+            return f"{self.seconds:g} s"
+        planned = f", planned from {self.planned_from:g} s by the measured step times" if self.planned_from else ""
+        return f"{self.steps} training steps{planned}"
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    step: int           # training steps taken before this point
+    examples: int       # training examples seen before this point
+    loss: float         # mean loss of the point's micro-batches (its weights, fresh examples)
+    scale: NoiseScale
+    seconds: float      # since the probe started, at the end of this point
+    estimates: tuple[Snapshot, ...] = field(default=(), repr=False)  # its snapshots, for pooling
 
 
 @dataclass(frozen=True)
 class NoiseResult:
-    scale: NoiseScale
+    scale: NoiseScale          # the figure the advice uses: the last points' snapshots pooled
     batch_size: int
     micro_batch: int
     warmup_steps: int
     preconditioned: bool
     method: str
     seconds: float
+    series: tuple[SeriesPoint, ...] = ()
+    geometry: str = "raw"
+    train_batch: int = 0       # the batch the probe's training run used (the base batch)
+    stopped: str = ""          # why the series ended where it did
+    trend: float | None = None  # d log B_simple / d log step over the resolved points
+
+    @property
+    def late_step(self) -> int:
+        return self.series[-1].step if self.series else self.warmup_steps
+
+
+@dataclass
+class TrainedRun:
+    """The model and optimizer where the probe's training run ended (the learning-rate sweep starts there)."""
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+
+
+def series_steps(first: int) -> list[int]:
+    """The steps at which the series measures: `first`, then 20, 40, 80, ... (doubling from 10) past it."""
+    steps, s = [first], FIRST_SPACING
+    while len(steps) < MAX_POINTS:
+        s *= 2
+        if s > first:
+            steps.append(s)
+    return steps
 
 
 def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batches: int = 8,
-                  snapshots: int = 12, warmup_steps: int = 10, warmup_batch: int = 32, seed: int = 0,
-                  progress=lambda done, total: None) -> NoiseResult:
+                  snapshots: int = 16, warmup_steps: int = 10, warmup_batch: int = 32, seed: int = 0,
+                  budget: NoiseBudget = NoiseBudget(), progress=lambda done, total: None,
+                  keep: list | None = None, target_loss: float | None = None) -> NoiseResult:
+    """The series; `keep`, a list, receives the TrainedRun at its end. With `target_loss` (the loss the
+    user's run trains to) the series ends at the first point whose loss is at or below it: the run is
+    headed there, and no further."""
     started = time.perf_counter()
     micro = batch_size // micro_batches
     if micro < 1:
@@ -52,73 +118,103 @@ def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batc
     torch.manual_seed(seed)
     model = spec.model().to(backend.device)
     opt = spec.optimizer(model)
+    kind, note = preconditioners.geometry(opt)
     params = [p for p in model.parameters() if p.requires_grad]
-    for step in range(warmup_steps):
-        loss = train_step(model, opt, spec.loss, move_batch(spec.batch(warmup_batch), backend.device))
-        _check_finite(loss.item(), f"loss at warm-up step {step + 1} of the noise probe")
-    # One geometry for every snapshot: preconditioned only if v̂ already exists at the first one.
-    preconditioned = any(_adam_preconditioner(opt, p) is not None for p in params)
+    steps = series_steps(warmup_steps)
+    if budget.steps is not None:
+        steps = [s for s in steps if s <= budget.steps] or steps[:1]
+    series, step, examples = [], 0, 0
+    stopped = f"its last point (step {steps[-1]})" if budget.steps is None else f"the probe's budget ({budget.describe()})"
+    step_seconds = snapshot_seconds = 0.0
+    for j, target in enumerate(steps):
+        began, trained_from = time.perf_counter(), step
+        torch.manual_seed(seed + 7919 * (j + 1))  # the same training batches on every rank
+        while step < target:
+            loss = train_step(model, opt, spec.loss, move_batch(spec.batch(warmup_batch), backend.device))
+            _check_finite(loss.item(), f"loss at step {step + 1} of the noise probe's training run")
+            step, examples = step + 1, examples + warmup_batch
+        trained = time.perf_counter()
+        if step > trained_from:
+            step_seconds = (trained - began) / (step - trained_from)
+        torch.manual_seed(seed + 1 + distributed.rank() + 104729 * (j + 1))  # each rank its own examples
+        at_step, at_examples, estimates, losses = step, examples, [], []
+        for snap in range(snapshots):
+            snapshot, mean_loss = _snapshot(spec, model, opt, kind, params, backend, local, micro, micro_batches,
+                                            big, f"{snap + 1} of point {j + 1}")
+            estimates.append(snapshot)
+            losses.append(mean_loss)
+        step, examples = step + snapshots, examples + snapshots * big
+        snapshot_seconds = (time.perf_counter() - trained) / snapshots
+        series.append(SeriesPoint(at_step, at_examples, sum(losses) / len(losses), noise_scale(estimates, seed=seed),
+                                  time.perf_counter() - started, tuple(estimates)))
+        progress(j + 1, len(steps))
+        if j + 1 == len(steps):
+            break
+        if target_loss is not None and series[-1].loss <= target_loss:
+            stopped = f"the target loss {target_loss:g} (--target-loss): reached at step {at_step}"
+            break
+        spent = time.perf_counter() - started
+        ahead = max(steps[j + 1] - step, 0) * step_seconds + snapshots * snapshot_seconds
+        if budget.seconds is not None and spent + ahead > budget.seconds:
+            stopped = (f"the probe's budget ({budget.describe()}): the next point, at step {steps[j + 1]}, "
+                       f"would end at about {spent + ahead:.0f} s")
+            break
+        if budget.planned_from is not None and spent + ahead > OVERRUN * budget.planned_from:
+            stopped = (f"the machine is slower than the step times planned ({budget.describe()}): the next point "
+                       f"would end at about {spent + ahead:.0f} s, over {OVERRUN:g}x the budget")
+            break
+    progress(len(series), len(series))
+    pooled = [e for point in series[-LATE_POINTS:] for e in point.estimates]
+    method = (f"{backend.measured_on}: {len(series)} points of the base setting's training run (batch "
+              f"{warmup_batch}), steps {', '.join(str(p.step) for p in series)}; each {snapshots} snapshots of "
+              f"{micro_batches} micro-batches of {micro}; the advice uses the last {min(LATE_POINTS, len(series))} "
+              "points' snapshots pooled")
+    if kind != "raw":
+        method += f"; gradients divided by {type(opt).__name__}'s own divisor at each step ({kind} geometry)"
+    if note:
+        method += f"; {note}"
     if distributed.active():
-        torch.manual_seed(seed + 1 + distributed.rank())  # each rank its own examples
-    results = []
-    for snap in range(snapshots):
-        scales = [_adam_preconditioner(opt, p) if preconditioned else None for p in params]
-        raw_sum, pre_sum, small_sq = _micro_batch_gradients(spec, model, params, scales, backend,
-                                                            spec.batch(local * micro), micro, snap)
-        if distributed.active():
-            small_sq_t = torch.tensor([small_sq], dtype=torch.float64, device=backend.device)
-            distributed.sum_tensors(raw_sum + pre_sum + [small_sq_t], f"the noise probe's all-reduce at snapshot "
-                                                                     f"{snap + 1}")
-            small_sq = small_sq_t.item()
-        big_sq = sum((pre / micro_batches).pow(2).sum().item() for pre in pre_sum)
-        results.append(two_batch_estimates(small_sq / micro_batches, big_sq, micro, big))
-        for p, g in zip(params, raw_sum):  # one training step on the big batch's gradient
-            p.grad = g / micro_batches
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        progress(snap + 1, snapshots)
-    method = f"{backend.measured_on}: {snapshots} snapshots of {micro_batches} micro-batches of {micro}"
-    if distributed.active():
-        method += (f", {local} on each of {ranks} ranks (data parallel: local gradients the small batch, "
-                   "their all-reduced mean the big one)")
-    return NoiseResult(noise_scale(results, seed=seed), big, micro, warmup_steps, preconditioned, method,
-                       time.perf_counter() - started)
+        method += (f"; {local} micro-batches on each of {ranks} ranks (data parallel: local gradients the small "
+                   "batch, their all-reduced mean the big one)")
+    if keep is not None:
+        keep.append(TrainedRun(model, opt))
+    scale = noise_scale(pooled, seed=seed)
+    return NoiseResult(scale, big, micro, warmup_steps, kind != "raw", method, time.perf_counter() - started,
+                       tuple(series), kind, warmup_batch, stopped, series_trend([(p.step, p.scale) for p in series]))
 
 
-def _micro_batch_gradients(spec, model, params, scales, backend, batch, micro, snap):
-    """Σ raw gᵢ (for the training step), Σ gᵢ and Σ ‖gᵢ‖² (preconditioned where scaled)."""
-    raw_sum = [torch.zeros_like(p) for p in params]
-    pre_sum = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-    small_sq = 0.0
-    chunks = split_batch(move_batch(batch, backend.device), micro)
-    for i, chunk in enumerate(chunks):
+def _snapshot(spec, model, opt, kind, params, backend, local, micro, micro_batches, big, where):
+    """One snapshot's estimates and the mean loss of its micro-batches; then one training step on their mean."""
+    sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    squares = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    loss_sum = torch.zeros(1, dtype=torch.float64, device=backend.device)
+    for i, chunk in enumerate(split_batch(move_batch(spec.batch(local * micro), backend.device), micro)):
         model.zero_grad(set_to_none=True)
         loss = spec.loss(model, chunk)
         loss.backward()
-        _check_finite(loss.item(), f"loss at noise snapshot {snap + 1}, micro-batch {i + 1}")
-        sq = 0.0
-        for p, scale, acc, pre in zip(params, scales, raw_sum, pre_sum):
-            if p.grad is None:
-                continue
-            acc.add_(p.grad)
-            g = p.grad.double() if scale is None else p.grad.double() / scale
-            pre.add_(g)
-            sq += g.pow(2).sum().item()
-        _check_finite(sq, f"gradient at noise snapshot {snap + 1}, micro-batch {i + 1}")
-        small_sq += sq
+        _check_finite(loss.item(), f"loss at noise snapshot {where}, micro-batch {i + 1}")
+        loss_sum += loss.detach().double().reshape(1)
+        for p, s, q in zip(params, sums, squares):
+            if p.grad is not None:
+                g = p.grad.double()
+                s.add_(g)
+                q.add_(g * g)
     model.zero_grad(set_to_none=True)
-    return raw_sum, pre_sum, small_sq
-
-
-def _adam_preconditioner(opt: torch.optim.Optimizer, p: torch.Tensor) -> torch.Tensor | None:
-    """√v̂ + ε for an Adam-family parameter with second-moment state, else None (raw gradients)."""
-    state = opt.state.get(p, {})
-    v, step = state.get("exp_avg_sq"), state.get("step")
-    if v is None or step is None or float(step) == 0:
-        return None
-    group = next(g for g in opt.param_groups if any(q is p for q in g["params"]))
-    beta2, eps = group["betas"][1], group["eps"]
-    return (v.double() / (1 - beta2 ** float(step))).sqrt() + eps
+    if distributed.active():
+        distributed.sum_tensors(sums + squares + [loss_sum], f"the noise probe's all-reduce at snapshot "
+                                                                       f"{where}")
+    small_sq = big_sq = 0.0
+    for p, s, q in zip(params, sums, squares):
+        mean = s / micro_batches
+        d = preconditioners.divisor(opt, kind, p, mean)
+        small_sq += (q if d is None else q / (d * d)).sum().item()
+        big_sq += (mean if d is None else mean / d).pow(2).sum().item()
+    _check_finite(small_sq, f"gradient at noise snapshot {where}")
+    for p, s in zip(params, sums):  # one training step on the big batch's gradient
+        p.grad = (s / micro_batches).to(p.dtype)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return two_batch_estimates(small_sq / micro_batches, big_sq, micro, big), loss_sum.item() / micro_batches
 
 
 def _check_finite(value: float, what: str) -> None:
