@@ -13,7 +13,7 @@ initialisation until the validation loss on a fixed held-out set reaches the tas
 - (b) Lightning: the BatchSizeFinder's largest batch (power mode) under the memory budget of
   max_batch.py, learning rate scaled linearly from the file's (lr0 * B / B0), no warm-up.
 - (c) the file's own setting: BASE_BATCH_SIZE and its optimizer's rate.
-- the tuned grid: batches B0 x {1/2, 1, 2, 4, 8} x rates lr0 x {1/2, 1, 2, 4}; its best is the one
+- the tuned grid: batches B0 x {1/2, 1, 2, 4, 8} x rates lr0 x {1/2, 1, 2, 4, 8}; its best is the one
   with the least time.
 
 Time is counted, not clocked: steps to target at each batch times that batch's step time, measured in
@@ -42,14 +42,14 @@ TASKS = {  # file, target validation loss, memory budget for Lightning (max_batc
     "mlp_unicode": {"file": common.REPO / "examples" / "mlp_unicode.py", "target": 0.20, "budget": "16MiB",
                     "eval_examples": 4096},
     "gpt_stdlib": {"file": common.REPO / "examples" / "gpt_stdlib.py", "target": 2.20, "budget": "768MiB",
-                   "eval_examples": 2048},
+                   "eval_examples": 1024},
     "cnn_bytes": {"file": common.REPO / "benchmarks" / "models" / "cnn_bytes.py", "target": 2.90,
                   "budget": "128MiB", "eval_examples": 4096},
     "lstm_bytes": {"file": common.REPO / "benchmarks" / "models" / "lstm_bytes.py", "target": 2.25,
-                   "budget": "128MiB", "eval_examples": 2048},
+                   "budget": "128MiB", "eval_examples": 1024},
 }
 GRID_BATCHES = (0.5, 1, 2, 4, 8)
-GRID_RATES = (0.5, 1, 2, 4)
+GRID_RATES = (0.5, 1, 2, 4, 8)
 VAL_EXAMPLES = 2048
 CAP = 4.0  # a run stops at this many times the base setting's examples to target
 
@@ -203,8 +203,26 @@ def run_task(name: str, cfg: dict, quick: bool) -> dict:
     grid = {k: s for k, s in settings.items() if k.startswith("grid")}
     reached = {k: s for k, s in grid.items() if s["run"]["status"] == "reached"}
     best = min(reached, key=lambda k: reached[k]["run"]["seconds"])
+    print(f"{name}: best of grid {best}, {reached[best]['run']['seconds']:.2f} s", file=sys.stderr)
     return {"target": target, "base_batch": base_batch, "base_lr": base_lr, "recommend": rec, "settings": settings,
             "best_grid": best, "step_seconds": {f"{m}x{a}": t for (m, a), t in clock.cache.items()}}
+
+
+def critical_batch(task: dict) -> dict | None:
+    """McCandlish's S(B) = S_min (1 + B_crit / B) fitted to the grid: at each batch the fewest steps to the
+    target over the rates tried, then least squares of S on 1/B (S = S_min + S_min B_crit / B)."""
+    fewest = {}
+    for label, s in task["settings"].items():
+        if label.startswith("grid") and s["run"]["status"] == "reached":
+            b = s["micro_batch"] * s["accumulation_steps"]
+            fewest[b] = min(fewest.get(b, math.inf), s["run"]["steps"])
+    if len(fewest) < 3:
+        return None
+    xs, ys = [1 / b for b in fewest], list(fewest.values())
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    s_min = my - slope * mx
+    return {"s_min": s_min, "b_crit": slope / s_min if s_min > 0 else None, "points": fewest}
 
 
 def report(data: dict) -> str:
@@ -232,6 +250,13 @@ def report(data: dict) -> str:
     headers = ["task", "setting", "batch", "lr", "warm-up", "status", "steps", "examples", "train s (counted)",
                "vs base", "vs best of grid"]
     lines += [common.table(headers, rows), ""]
+    for name, t in data["tasks"].items():
+        fit = critical_batch(t)
+        if fit and fit["b_crit"]:
+            late = t["recommend"]["series"][-1][1] if t["recommend"]["series"] else None
+            lines.append(f"- {name}: critical batch fitted to the grid (fewest steps to the target at each batch, "
+                         f"S = S_min(1 + B_crit/B)): B_crit {fit['b_crit']:.3g}, S_min {fit['s_min']:.0f} steps; "
+                         f"the noise series' last B_simple {late:.3g} ({late / fit['b_crit']:.2f}x).")
     for name, t in data["tasks"].items():
         rec = t["recommend"]
         lines.append(f"- {name}: target {t['target']}; `{rec['command']}` took {rec['seconds']:.1f} s wall "
@@ -274,7 +299,12 @@ def main() -> None:
     if args.from_results:
         data = common.load_results(name)
     else:
-        data = {"machine": common.machine(), "command": common.command_line(), "tasks": {}}
+        try:  # one task at a time may be rerun: the others' saved results stay
+            data = common.load_results(name)
+        except FileNotFoundError:
+            data = {}
+        data.setdefault("tasks", {})
+        data.update({"machine": common.machine(), "command": common.command_line()})
         for task in args.tasks.split(","):
             data["tasks"][task] = run_task(task, TASKS[task], args.quick)
             common.save_results(name, data)

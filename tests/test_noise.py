@@ -72,3 +72,74 @@ def test_noise_command_recovers_the_closed_form_noise_scale(write_model):
         assert not noise["preconditioned"] and noise["snapshots"] == 32
         held += noise["ci95"][0] <= truth <= noise["ci95"][1]
     assert held >= 8
+
+
+# --- the series along training, and the learning-rate sweep ------------------------------------------
+
+def _spec(write_model, source):
+    from advisor.spec import load_spec
+    return load_spec(write_model(source))
+
+
+def test_the_series_follows_training_until_its_step_budget(write_model):
+    from advisor.device import Backend
+    from advisor.probes.noise import NoiseBudget, measure_noise
+    from tests.models import MLP
+
+    spec = _spec(write_model, MLP)
+    result = measure_noise(spec, Backend(torch.device("cpu")), 64, snapshots=4, warmup_steps=5, warmup_batch=16,
+                           budget=NoiseBudget(seconds=None, steps=160))
+    steps = [p.step for p in result.series]
+    assert steps[0] == 5 and steps == sorted(steps) and len(steps) >= 4 and steps[-1] <= 160 + 4
+    assert [p.examples for p in result.series] == sorted(p.examples for p in result.series)
+    assert result.series[-1].loss < result.series[0].loss  # it trained
+    assert result.scale.snapshots == 8  # the last two points pooled
+    assert "budget" in result.stopped
+
+
+def test_the_series_stops_at_the_target_loss(write_model):
+    from advisor.device import Backend
+    from advisor.probes.noise import NoiseBudget, measure_noise
+    from tests.models import MLP
+
+    spec = _spec(write_model, MLP)
+    free = measure_noise(spec, Backend(torch.device("cpu")), 64, snapshots=4, warmup_steps=5, warmup_batch=16,
+                         budget=NoiseBudget(seconds=None, steps=640))
+    target = free.series[2].loss
+    stopped = measure_noise(spec, Backend(torch.device("cpu")), 64, snapshots=4, warmup_steps=5, warmup_batch=16,
+                            budget=NoiseBudget(seconds=None, steps=640), target_loss=target)
+    assert len(stopped.series) <= 3 and stopped.series[-1].loss <= target
+    assert "target loss" in stopped.stopped
+
+
+def test_the_noise_scale_in_adam_geometry_is_finite_from_the_first_step(write_model):
+    """With the divisor updated by the step's own gradient, an Adam model is preconditioned at step 0 too."""
+    from tests.models import MLP
+    path = write_model(MLP)
+    result = CliRunner().invoke(app, ["noise", str(path), "--device", "cpu", "--noise-warmup-steps", "0",
+                                      "--noise-budget", "1steps", "--json"])
+    assert result.exit_code == 0, result.output
+    noise = json.loads(result.stdout)["noise"]
+    assert noise["preconditioned"] and noise["geometry"] == "adam" and noise["resolved"]
+
+
+SWEEP_TASK = LINEAR_REGRESSION.replace("return torch.optim.SGD(params, lr=0.0)", "return torch.optim.SGD(params, lr=0.3)")
+
+
+def test_the_sweep_never_picks_a_rate_at_or_above_one_that_diverged(write_model):
+    """Least squares with x ~ N(0, I): SGD diverges above lr 2; from centre 1.2 the sweep's upper rates
+    (1.7, 2.4) are unstable, and it must choose below the first of them that diverged."""
+    from advisor.device import Backend
+    from advisor.probes.lr_sweep import sweep_rates
+
+    spec = _spec(write_model, SWEEP_TASK)
+    torch.manual_seed(0)
+    model = spec.model()
+    opt = spec.optimizer(model)
+    before = [p.detach().clone() for p in model.parameters()]
+    result = sweep_rates(spec, Backend(torch.device("cpu")), model, opt, centre=1.2, micro=64, accumulation=1,
+                         steps=20)
+    diverged = [r.learning_rate for r in result.runs if r.diverged]
+    assert diverged and result.chosen is not None and result.chosen < min(diverged)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is restored
+    assert opt.param_groups[0]["lr"] == 0.3

@@ -107,7 +107,8 @@ def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batc
     """The series; `keep`, a list, receives the TrainedRun at its end. With `target_loss` (the loss the
     user's run trains to) the series ends at the first point whose loss is at or below it: the run is
     headed there, and no further."""
-    started = time.perf_counter()
+    started, clock = time.perf_counter(), backend.clock
+    budget_started = clock()  # the budget runs on the clock the step times were measured by
     micro = batch_size // micro_batches
     if micro < 1:
         raise ProbeFailed(f"the noise probe needs a batch of at least {micro_batches} examples, got {batch_size}")
@@ -127,13 +128,13 @@ def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batc
     stopped = f"its last point (step {steps[-1]})" if budget.steps is None else f"the probe's budget ({budget.describe()})"
     step_seconds = snapshot_seconds = 0.0
     for j, target in enumerate(steps):
-        began, trained_from = time.perf_counter(), step
+        began, trained_from = clock(), step
         torch.manual_seed(seed + 7919 * (j + 1))  # the same training batches on every rank
         while step < target:
             loss = train_step(model, opt, spec.loss, move_batch(spec.batch(warmup_batch), backend.device))
             _check_finite(loss.item(), f"loss at step {step + 1} of the noise probe's training run")
             step, examples = step + 1, examples + warmup_batch
-        trained = time.perf_counter()
+        trained = clock()
         if step > trained_from:
             step_seconds = (trained - began) / (step - trained_from)
         torch.manual_seed(seed + 1 + distributed.rank() + 104729 * (j + 1))  # each rank its own examples
@@ -144,7 +145,7 @@ def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batc
             estimates.append(snapshot)
             losses.append(mean_loss)
         step, examples = step + snapshots, examples + snapshots * big
-        snapshot_seconds = (time.perf_counter() - trained) / snapshots
+        snapshot_seconds = (clock() - trained) / snapshots
         series.append(SeriesPoint(at_step, at_examples, sum(losses) / len(losses), noise_scale(estimates, seed=seed),
                                   time.perf_counter() - started, tuple(estimates)))
         progress(j + 1, len(steps))
@@ -153,7 +154,7 @@ def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batc
         if target_loss is not None and series[-1].loss <= target_loss:
             stopped = f"the target loss {target_loss:g} (--target-loss): reached at step {at_step}"
             break
-        spent = time.perf_counter() - started
+        spent = clock() - budget_started
         ahead = max(steps[j + 1] - step, 0) * step_seconds + snapshots * snapshot_seconds
         if budget.seconds is not None and spent + ahead > budget.seconds:
             stopped = (f"the probe's budget ({budget.describe()}): the next point, at step {steps[j + 1]}, "

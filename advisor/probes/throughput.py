@@ -163,9 +163,9 @@ def _too_slow(points: list[ThroughputPoint], next_size: int, limit: float) -> st
 
 def _time_batch(spec, backend, model, opt, size, warmup_steps, timed_steps):
     """(step times, optimizer-step times, the seconds batch(size) took)."""
-    drawn = time.perf_counter()
+    drawn = backend.clock()
     batch = move_batch(spec.batch(size), backend.device)
-    batch_seconds = time.perf_counter() - drawn
+    batch_seconds = backend.clock() - drawn
     losses = []
 
     def forward_backward():
