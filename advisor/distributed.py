@@ -38,6 +38,11 @@ def in_job() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def launched_rank() -> bool:
+    """A rank that `launch` started: its errors and interruptions are the launcher's to say."""
+    return in_job() and bool(os.environ.get(_ERROR_DIR))
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -33,7 +33,7 @@ _OOM_MARKERS = (
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` means "this batch does not fit" rather than a real failure."""
-    if isinstance(exc, _OOM_TYPES):
+    if isinstance(exc, _OOM_TYPES) or isinstance(exc, MemoryError):  # MemoryError: Python's, numpy's
         return True
     if not isinstance(exc, RuntimeError):
         return False
