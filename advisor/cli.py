@@ -234,8 +234,11 @@ def _guarded():
 
 @contextlib.contextmanager
 def _sigterm_raises():
-    """SIGTERM raises Terminated in the main thread while a command runs (where a handler can be set)."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGTERM raises Terminated in the main thread while a command runs (where a handler can be set). A rank
+    of a launched job keeps SIGTERM's default, so that the launcher's stop ends it even inside a collective."""
+    from advisor.distributed import launched_rank
+
+    if threading.current_thread() is not threading.main_thread() or launched_rank():
         yield
         return
 
