@@ -202,3 +202,18 @@ def test_a_sparse_gradient_counts_as_a_gradient(tmp_path):
                            "def batch(n):\n    return torch.randint(0, 10, (n,)), torch.randn(n, 3)\n"
                            "def optimizer(params):\n    return torch.optim.SGD(params, lr=0.1)\n")
     assert check_contract(load_spec(path)) == 1
+
+
+@pytest.mark.parametrize("children", [["--isolate"], ["--nproc-per-node", "2"]], ids=["isolate", "ranks"])
+def test_what_the_model_file_prints_in_a_child_process_goes_to_stderr(tmp_path, children):
+    """The --isolate child and the ranks of a job run the model file's code in processes of their own."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path, PRINTS["loss"] + PRINTS["fd-1"])
+    done = subprocess.run([sys.executable, "-m", "advisor", "throughput", str(path), *FAST, "--batch-sizes", "2,4",
+                           *children, "--json"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["throughput"]["points"]
+    assert "CHATTER" in done.stderr
