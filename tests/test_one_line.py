@@ -21,12 +21,17 @@ class Halt(BaseException):
 class Unprintable(Exception):
     def __str__(self):
         raise RuntimeError('no str for you')
+
+class UnprintableRuntime(RuntimeError):  # read by the out-of-memory and device-error predicates
+    def __str__(self):
+        raise ValueError('no str either')
 """
 KINDS = {
     "generator-exit": ("GeneratorExit('closed')", ["GeneratorExit"]),
     "base-exception-subclass": ("Halt('custom stop')", ["Halt", "custom stop"]),
     "memory-error": ("MemoryError('no room')", ["MemoryError"]),
     "str-raises": ("Unprintable()", ["Unprintable", "cannot be shown"]),
+    "runtime-error-str-raises": ("UnprintableRuntime()", ["UnprintableRuntime", "cannot be shown"]),
     "multi-line-message": ("ValueError('first\\nsecond\\n\\n  third')", ["first second third"]),
 }
 # Where the user's code raises it: (code appended to GOOD, exit code, fragment of the line).
