@@ -256,11 +256,19 @@ def _sigterm_raises():
 def _user_output_to_stderr():
     """While the model file's code runs (import, model(), batch(), loss(), the optimizer), whatever it
     prints goes to stderr: sys.stdout and file descriptor 1 both, so stdout stays the report alone."""
-    sys.stdout.flush()
-    saved_fd = os.dup(1)
+    saved_fd, redirected = None, False
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout or stderr closed (`2>&-`): nothing to keep apart
+        sys.stdout.flush()
+        saved_fd = os.dup(1)
+        os.dup2(2, 1)
+        redirected = True
+    if not redirected:
+        if saved_fd is not None:
+            os.close(saved_fd)
+        yield
+        return
     saved_stdout = sys.stdout
     try:
-        os.dup2(2, 1)
         sys.stdout = sys.stderr
         yield
     finally:
