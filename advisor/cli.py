@@ -272,8 +272,9 @@ def _user_output_to_stderr():
         sys.stdout = sys.stderr
         yield
     finally:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
+        for stream in {id(s): s for s in (sys.stderr, saved_stdout, sys.__stdout__) if s is not None}.values():
+            with contextlib.suppress(Exception):  # what was written to the real stdout object meanwhile
+                stream.flush()
         with contextlib.suppress(Exception):  # C stdio's buffer, written by an extension's printf
             ctypes.CDLL(None).fflush(None)
         sys.stdout = saved_stdout

@@ -170,6 +170,7 @@ PRINTS = {
     "logging": "import logging, sys\nlogging.basicConfig(stream=sys.stdout, level=logging.INFO, force=True)\n"
                "_b = batch\ndef batch(n):\n    logging.info('CHATTER from logging')\n    return _b(n)\n",
     "fd-1": "import os\nos.write(1, b'CHATTER on fd 1\\n')\n",
+    "sys.__stdout__": "import sys\nsys.__stdout__.write('CHATTER to sys.__stdout__\\n')\n",
 }
 
 
@@ -209,13 +210,15 @@ def test_a_sparse_gradient_counts_as_a_gradient(tmp_path):
     assert check_contract(load_spec(path)) == 1
 
 
-@pytest.mark.parametrize("children", [["--isolate"], ["--nproc-per-node", "2"]], ids=["isolate", "ranks"])
-def test_what_the_model_file_prints_in_a_child_process_goes_to_stderr(tmp_path, children):
-    """The --isolate child and the ranks of a job run the model file's code in processes of their own."""
+@pytest.mark.parametrize("children", [[], ["--isolate"], ["--nproc-per-node", "2"]],
+                         ids=["one-process", "isolate", "ranks"])
+def test_what_the_model_file_prints_in_a_real_process_goes_to_stderr(tmp_path, children):
+    """A real stdout is block-buffered (what reaches sys.__stdout__ must be flushed while it still goes to
+    stderr); the --isolate child and the ranks of a job run the model file's code in processes of their own."""
     import subprocess
     import sys
 
-    path = write(tmp_path, PRINTS["loss"] + PRINTS["fd-1"])
+    path = write(tmp_path, PRINTS["loss"] + PRINTS["fd-1"] + PRINTS["sys.__stdout__"])
     done = subprocess.run([sys.executable, "-m", "advisor", "throughput", str(path), *FAST, "--batch-sizes", "2,4",
                            *children, "--json"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
