@@ -5,6 +5,7 @@ allocated) and compared with what the profile says tensors can use: total memory
 reserve and the CUDA context, less the margin.
 """
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ class CapacityCheck:
     batch_size: int
     peak_bytes: int
     usable_bytes: int
-    budget_bytes: float  # usable · (1 − margin)
+    budget_bytes: int    # usable · (1 − margin), rounded down: bytes are whole (a peak fits it or not alike)
     margin: float
     max_batch: int       # largest batch whose peak fits budget_bytes
     min_max_batch: int | None
@@ -41,7 +42,7 @@ class CapacityCheck:
         return self.fits and (self.min_max_batch is None or self.max_batch >= self.min_max_batch)
 
     @property
-    def headroom_bytes(self) -> float:
+    def headroom_bytes(self) -> int:
         return self.budget_bytes - self.peak_bytes
 
 
@@ -51,7 +52,7 @@ def check_capacity(spec: ModelSpec, profile: dict, batch_size: int, margin: floa
     smallest = check_contract(spec)
     tracer = StepTracer(spec, fake=True, seed=seed, smallest=smallest, batch_on_host=False)  # a GPU's copy
     usable = profile_budget(profile).bytes
-    budget = usable * (1 - margin)
+    budget = math.floor(usable * (1 - margin))
     peaks: dict[int, int] = {}
     search = largest_fitting_batch(tracer.peak, budget, peaks=peaks, smallest=smallest)
     peak = peaks[batch_size] if batch_size in peaks else tracer.peak(batch_size)

@@ -1,9 +1,13 @@
 """The `bsadvisor` command line: parses flags, calls the pipeline, renders. Nothing else."""
 
 import contextlib
+import ctypes
 import json
 import math
+import os
+import signal
 import sys
+import threading
 from typing import Annotated, Optional
 
 import typer
@@ -11,7 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from advisor import __version__
-from advisor.errors import EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, AdvisorError, BadInput
+from advisor.errors import (EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, EXIT_PROBE_FAILED, EXIT_TERMINATED, AdvisorError,
+                            BadInput, Terminated, one_line)
 from advisor.watchdog import DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_STEP_TIMEOUT, probe, watching
 
 app = typer.Typer(
@@ -109,12 +114,11 @@ def check_command(model: Model,
         from advisor.report import check_json, render_check
         from advisor.spec import load_spec
 
-        settings = _settings(margin=margin, seed=seed, step_timeout=step_timeout)
-        for flag, value in (("--batch-size", batch_size), ("--min-max-batch", min_max_batch)):
-            if value is not None and value < 1:
-                raise BadInput(f"{flag} must be a positive integer, got {value}")
-        with watching(settings.step_timeout), probe("capacity check"):
-            result = check_capacity(load_spec(model), load(profile), batch_size, margin, min_max_batch, seed)
+        settings = _settings(margin=margin, seed=seed, step_timeout=step_timeout, check_batch=batch_size,
+                             min_max_batch=min_max_batch)
+        profile_doc = load(profile)
+        with _user_output_to_stderr(), watching(settings.step_timeout), probe("capacity check"):
+            result = check_capacity(load_spec(model), profile_doc, batch_size, margin, min_max_batch, seed)
         _emit(check_json(result), json_out, lambda out: render_check(result, out))
     if not result.passed:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
@@ -208,19 +212,84 @@ def throughput_command(model: Model, device: DeviceOpt = "auto",
 
 @contextlib.contextmanager
 def _guarded():
-    """Every expected failure becomes one line on stderr and its documented exit code."""
+    """Every failure becomes one line on stderr and its documented exit code; SIGTERM unwinds like Ctrl-C
+    (children stopped, temporary files removed) and exits 143."""
     err = Console(stderr=True)
     try:
-        yield err
+        with _sigterm_raises():
+            yield err
     except AdvisorError as exc:
         from advisor.distributed import CollectiveFailed, leave_error
 
-        if not leave_error(exc.exit_code, str(exc), isinstance(exc, CollectiveFailed)):  # a launched rank leaves it for the launcher to say
-            err.print(f"bsadvisor: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        message = one_line(exc, limit=None)
+        if not leave_error(exc.exit_code, message, isinstance(exc, CollectiveFailed)):  # a launched rank leaves it for the launcher to say
+            err.print(f"bsadvisor: error: {message}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("bsadvisor: interrupted", highlight=False)
-        raise typer.Exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        from advisor.distributed import launched_rank
+
+        terminated = isinstance(exc, Terminated)
+        if not launched_rank():  # the launcher says it once for the job
+            err.print("bsadvisor: terminated (SIGTERM)" if terminated else "bsadvisor: interrupted", highlight=False)
+        raise typer.Exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+    except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own, which it handles
+        raise
+    except BaseException as exc:  # a failure no seam named: still one line, never a traceback
+        if isinstance(exc, SystemExit) and exc.code in (None, 0):
+            raise
+        err.print(f"bsadvisor: error: unexpected {type(exc).__name__}: {one_line(exc)}", highlight=False,
+                  markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_PROBE_FAILED)
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises Terminated in the main thread while a command runs (where a handler can be set). A rank
+    of a launched job keeps SIGTERM's default, so that the launcher's stop ends it even inside a collective."""
+    from advisor.distributed import launched_rank
+
+    if threading.current_thread() is not threading.main_thread() or launched_rank():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _user_output_to_stderr():
+    """While the model file's code runs (import, model(), batch(), loss(), the optimizer), whatever it
+    prints goes to stderr: sys.stdout and file descriptor 1 both, so stdout stays the report alone."""
+    saved_fd, redirected = None, False
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout or stderr closed (`2>&-`): nothing to keep apart
+        sys.stdout.flush()
+        saved_fd = os.dup(1)
+        os.dup2(2, 1)
+        redirected = True
+    if not redirected:
+        if saved_fd is not None:
+            os.close(saved_fd)
+        yield
+        return
+    saved_stdout = sys.stdout
+    try:
+        sys.stdout = sys.stderr
+        yield
+    finally:
+        for stream in {id(s): s for s in (sys.stderr, saved_stdout, sys.__stdout__) if s is not None}.values():
+            with contextlib.suppress(Exception):  # what was written to the real stdout object meanwhile
+                stream.flush()
+        with contextlib.suppress(Exception):  # C stdio's buffer, written by an extension's printf
+            ctypes.CDLL(None).fflush(None)
+        sys.stdout = saved_stdout
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
 
 
 def _emit(doc: dict, json_out: bool, render_tables) -> None:
@@ -237,10 +306,9 @@ def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tup
         from advisor import distributed
         from advisor.report import render_doc, to_json
 
-        settings = _settings(**flags)
-        if nproc_per_node is not None and not distributed.in_job():
-            if not 1 <= nproc_per_node <= 1024:
-                raise BadInput(f"--nproc-per-node must be a positive integer, got {nproc_per_node}")
+        launching = nproc_per_node is not None and not distributed.in_job()
+        settings = _settings(**flags, nproc_per_node=nproc_per_node if launching else None, device=device)
+        if launching:
             if isolate:
                 raise BadInput("--isolate and --nproc-per-node do not combine: the ranks are child processes already")
             distributed.launch(sys.argv[1:], nproc_per_node)
@@ -255,7 +323,7 @@ def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tup
         else:
             from advisor.pipeline import run_probe
 
-            with _progress(err) as progress, watching(settings.step_timeout):
+            with _progress(err) as progress, _user_output_to_stderr(), watching(settings.step_timeout):
                 doc = to_json(run_probe(model, device, settings, probe_name, progress), sections)
         if distributed.rank() != 0:
             return
@@ -264,14 +332,25 @@ def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tup
         _emit(doc, json_out, lambda out: render_doc(doc, out))
 
 
+MAX_BATCH = 10**12          # examples: a batch, a base batch, a floor; far above any device's memory
+MAX_STEPS = 100_000         # --noise-warmup-steps, --snapshots: each is a training step or more
+MIN_SNAPSHOTS = 4           # the bootstrap interval over snapshots needs a few of them
+MAX_SECONDS = 1e7           # --step-timeout, --collective-timeout (about 115 days)
+MAX_PLAN_GPUS = 1_000_000
+MAX_BASE_LR = 1e6
+
+
 def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | None = None,
               base_lr: float | None = None, noise_warmup_steps: int = 10, noise_batch: int | None = None,
               noise_snapshots: int = 16, noise_budget: str = "30s", lr_sweep: bool = True,
               target_loss: float | None = None,
               batch_sizes: str | None = None, max_step_seconds: float = 1.0,
               seed: int = 0, profile: str | None = None, step_timeout: float = DEFAULT_STEP_TIMEOUT,
-              collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT, plan_gpus: int | None = None):
-    """The flags, checked: each problem is a BadInput that names the flag, the value and what is expected."""
+              collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT, plan_gpus: int | None = None,
+              check_batch: int | None = None, min_max_batch: int | None = None, nproc_per_node: int | None = None,
+              device: str = "auto"):
+    """The flags, checked, in this one place: each problem is a BadInput that names the flag, the value and
+    what is expected. Every number is bounded, so no later step overflows or runs for ever."""
     from advisor.hardware.profiles import load
     from advisor.pipeline import Settings
     from advisor.units import parse_size
@@ -284,29 +363,35 @@ def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | 
             raise BadInput(f"--memory: {exc}") from None
     if not 0 <= margin < 1:  # false for NaN too
         raise BadInput(f"--margin must be a fraction in [0, 1), got {margin}")
-    for flag, value in (("--base-batch", base_batch), ("--batch-size", noise_batch), ("--snapshots", noise_snapshots)):
-        if value is not None and value < 1:
-            raise BadInput(f"{flag} must be a positive integer, got {value}")
+    for flag, value in (("--base-batch", base_batch), ("--batch-size", noise_batch), ("--batch-size", check_batch),
+                        ("--min-max-batch", min_max_batch)):
+        if value is not None and not 1 <= value <= MAX_BATCH:
+            raise BadInput(f"{flag} must be a positive integer of at most {MAX_BATCH:.0e} examples, "
+                           f"got {_shown(value)}")
     if noise_batch is not None and noise_batch < 2:
         raise BadInput(f"--batch-size must be at least 2 (the noise scale compares micro-batches), got {noise_batch}")
-    if noise_warmup_steps < 0:
-        raise BadInput(f"--noise-warmup-steps must be 0 or more, got {noise_warmup_steps}")
-    if base_lr is not None and not (math.isfinite(base_lr) and base_lr > 0):
-        raise BadInput(f"--base-lr must be a positive number, got {base_lr}")
+    if not MIN_SNAPSHOTS <= noise_snapshots <= MAX_STEPS:
+        raise BadInput(f"--snapshots must be an integer from {MIN_SNAPSHOTS} (what the bootstrap interval needs) "
+                       f"to {MAX_STEPS}, got {_shown(noise_snapshots)}")
+    if not 0 <= noise_warmup_steps <= MAX_STEPS:
+        raise BadInput(f"--noise-warmup-steps must be an integer from 0 to {MAX_STEPS}, got {_shown(noise_warmup_steps)}")
+    if base_lr is not None and not (math.isfinite(base_lr) and 0 < base_lr <= MAX_BASE_LR):
+        raise BadInput(f"--base-lr must be a positive number of at most {MAX_BASE_LR:g}, got {base_lr}")
     if not (math.isfinite(max_step_seconds) and max_step_seconds > 0):
         raise BadInput(f"--max-step-seconds must be a positive number of seconds, got {max_step_seconds}")
-    if not (math.isfinite(step_timeout) and step_timeout > 0):
-        raise BadInput(f"--step-timeout must be a positive number of seconds, got {step_timeout}")
-    if not (math.isfinite(collective_timeout) and collective_timeout > 0):
-        raise BadInput(f"--collective-timeout must be a positive number of seconds, got {collective_timeout}")
-    if plan_gpus is not None and plan_gpus < 1:
-        raise BadInput(f"--plan-gpus must be a positive integer, got {plan_gpus}")
+    for flag, value in (("--step-timeout", step_timeout), ("--collective-timeout", collective_timeout)):
+        if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+            raise BadInput(f"{flag} must be a positive number of seconds of at most {MAX_SECONDS:g}, got {value}")
+    if plan_gpus is not None and not 1 <= plan_gpus <= MAX_PLAN_GPUS:
+        raise BadInput(f"--plan-gpus must be a positive integer of at most {MAX_PLAN_GPUS}, got {_shown(plan_gpus)}")
     if plan_gpus is not None and profile is None:
         raise BadInput("--plan-gpus needs --profile: the interconnect's bandwidth and latency come from it")
     if target_loss is not None and not math.isfinite(target_loss):
         raise BadInput(f"--target-loss must be a finite number, got {target_loss}")
-    if not 0 <= seed < 2**64:
-        raise BadInput(f"--seed must be an integer in [0, 2**64), got {seed}")
+    if not 0 <= seed < 2**63:  # the ranks seed with seed + 1 + rank, which must stay a 64-bit seed
+        raise BadInput(f"--seed must be an integer in [0, 2**63), got {_shown(seed)}")
+    if nproc_per_node is not None:
+        _check_nproc(nproc_per_node, device)
     return Settings(
         memory_bytes=memory_bytes, margin=margin, base_batch=base_batch,
         base_lr=base_lr, noise_warmup_steps=noise_warmup_steps, noise_batch=noise_batch,
@@ -335,6 +420,28 @@ def _noise_budget(text: str):
     return NoiseBudget(seconds=amount) if unit == "s" else NoiseBudget(seconds=None, steps=amount)
 
 
+def _shown(value: int) -> str:
+    """An integer flag's value as the message shows it: 10**30 is not printed digit by digit."""
+    text = str(value)
+    return text if len(text) <= 20 else f"{text[:6]}... ({len(text)} digits)"
+
+
+def _check_nproc(nproc: int, device: str) -> None:
+    """--nproc-per-node: one rank per GPU on CUDA, at most one per core on the CPU."""
+    import torch
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        limit, what = torch.cuda.device_count(), "GPUs"
+    else:
+        limit, what = os.cpu_count() or 1, "CPU cores"
+    if nproc < 1:
+        raise BadInput(f"--nproc-per-node must be a positive integer, got {_shown(nproc)}")
+    if limit >= 1 and nproc > limit:
+        raise BadInput(f"--nproc-per-node {_shown(nproc)}: this machine has {limit} {what}; "
+                       f"at most one rank per {what[:-1] if what == 'GPUs' else 'CPU core'}")
+
+
 def _batch_list(text: str) -> list[int]:
     """'8,16,64' -> [8, 16, 64]: positive integers, separated by commas (spaces and a trailing comma allowed)."""
     shown = repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
@@ -345,8 +452,8 @@ def _batch_list(text: str) -> list[int]:
     for part in parts:
         if not (part.isascii() and part.isdigit()):
             raise BadInput(f"--batch-sizes {shown}: {part[:20]!r} is not a positive integer; {expected}")
-        if len(part) > 18:
-            raise BadInput(f"--batch-sizes {shown}: {part[:20]!r} is far too large a batch")
+        if len(part) > 18 or int(part) > MAX_BATCH:
+            raise BadInput(f"--batch-sizes {shown}: {part[:20]!r} is far too large a batch (at most {MAX_BATCH:.0e})")
     sizes = [int(part) for part in parts]
     if min(sizes) < 1:
         raise BadInput(f"--batch-sizes {shown}: batch sizes must be at least 1; {expected}")
@@ -361,17 +468,35 @@ def _progress(err: Console):
     if not err.is_terminal or distributed.rank() != 0:
         yield lambda stage: (lambda done, total: None)
         return
+    with _stages(err) as stage:
+        yield stage
+
+
+@contextlib.contextmanager
+def _stages(err: Console):
+    """One bar a stage. A stage is over when the next one starts or the run ends, however far its probe
+    got (one that stops early, a trace that reports only its start): its bar is then shown complete."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bars:
         tasks = {}
 
+        def finish_all() -> None:
+            for task in bars.tasks:
+                if not task.finished:
+                    bars.update(task.id, completed=task.total)
+
         def stage(description: str):
             def update(done: int, total: int) -> None:
                 if description not in tasks:
+                    finish_all()
                     tasks[description] = bars.add_task(description, total=total)
                 bars.update(tasks[description], completed=done, total=total)
             return update
-        yield stage
+        try:
+            yield stage
+        finally:
+            finish_all()
+            bars.refresh()
 
 
 def main() -> None:

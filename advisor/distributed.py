@@ -38,6 +38,11 @@ def in_job() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def launched_rank() -> bool:
+    """A rank that `launch` started: its errors and interruptions are the launcher's to say."""
+    return in_job() and bool(os.environ.get(_ERROR_DIR))
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -153,11 +158,18 @@ def launch(argv: list[str], nproc: int) -> None:
     """Run this command (`python -m advisor *argv`, less --nproc-per-node) on `nproc` local ranks
     (torch's elastic launcher, no restarts). Returns when every rank succeeded; raises the first
     failure's error otherwise."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):  # its own chatter is not ours
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    from advisor.errors import Terminated
+
+    # Its own chatter is not ours: its modules' loggers carry their own levels, so each is set (the agent's
+    # "Received 15 death signal" warning included).
+    ours = ("torch.distributed.elastic", "torch.distributed.launcher")
+    for name in [*ours, *logging.root.manager.loggerDict]:
+        if name.startswith(ours):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"bsadvisor-{uuid.uuid4().hex[:8]}",
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
@@ -168,6 +180,8 @@ def launch(argv: list[str], nproc: int) -> None:
             elastic_launch(config, sys.executable)("-u", "-m", "advisor", *_without_nproc(argv))
         except ChildFailedError as exc:
             raise _first_failure(exc, Path(folder)) from None
+        except SignalException as exc:  # the launcher's own handler: it has stopped every rank already
+            raise (Terminated() if exc.sigval == signal.SIGTERM else KeyboardInterrupt()) from None
         except Exception as exc:  # the rendezvous itself
             raise ProbeFailed(f"the {nproc}-process job did not start: {exc}") from None
         finally:

@@ -138,6 +138,8 @@ class Advisor:
     def _throughput(self) -> ThroughputResult:
         if self.report.throughput is None:
             sizes = self.settings.batch_sizes or geometric_batches(self.memory().safe_max_batch, self.smallest)
+            if self.settings.batch_sizes and self.settings.memory_bytes is not None:
+                sizes = self._sizes_within_budget()
             result = measure_throughput(self.spec, self.backend, sizes, max_step_seconds=self.settings.max_step_seconds,
                                         seed=self.settings.seed, progress=self.progress("timing steps"))
             self.report.throughput = result
@@ -148,6 +150,20 @@ class Advisor:
                 self.report.notes.append(f"the step at batch {large} timed faster than at batch {small}: the timings "
                                          "are noisy (a busy machine?); the recommendation may move between runs")
         return self.report.throughput
+
+    def _sizes_within_budget(self) -> list[int]:
+        """--batch-sizes with --memory: less those above the largest batch that fits the budget (noted) or
+        below the smallest that trains. (Without --memory, out of memory during the probe stops it.)"""
+        limit = self.memory().safe_max_batch
+        kept = [b for b in self.settings.batch_sizes if self.smallest <= b <= limit]
+        dropped = sorted(set(self.settings.batch_sizes) - set(kept))
+        if not kept:
+            raise BadInput(f"--batch-sizes: every size is outside {self.smallest} to {limit}, the batches that train "
+                           f"and fit the budget ({self.memory().budget.source}, {self.settings.margin:.0%} kept free)")
+        if dropped:
+            self.report.notes.append(f"--batch-sizes {', '.join(map(str, dropped))}: not timed, outside "
+                                     f"{self.smallest} to {limit} (the batches that train and fit the budget)")
+        return kept
 
     def noise(self) -> NoiseResult:
         with watchdog.probe("noise probe"):
@@ -261,12 +277,14 @@ class Advisor:
 
     def _sweep(self, rec: Recommendation) -> Recommendation:
         """The rule's rate checked by a short sweep at the recommended batch (see probes/lr_sweep.py)."""
-        plan = rec.plan
+        plan, hold = rec.plan, 20
         per_step = plan.accumulation_steps * self._seconds_with_data(plan.micro_batch)
-        steps = int(min(30, max(8, self.settings.sweep_seconds / (5 * per_step))))
+        quarter = math.ceil(0.25 * self.report.noise.series[-1].examples / plan.batch_size)  # of the probed run
+        affordable = int(self.settings.sweep_seconds / (7 * per_step)) - hold  # about 7 rates, both ways
+        steps = max(20, min(quarter, affordable))
         trained = self._trained
         result = try_step(lambda: sweep_rates(self.spec, self.backend, trained.model, trained.opt, rec.learning_rate,
-                                              plan.micro_batch, plan.accumulation_steps, steps,
+                                              plan.micro_batch, plan.accumulation_steps, steps, hold_steps=hold,
                                               seed=self.settings.seed, beta2=rec.beta2,
                                               progress=self.progress("sweeping the learning rate")),
                           self.backend.device, "the learning-rate sweep")

@@ -6,6 +6,7 @@ traced step), estimated (from a fit), or taken from a profile.
 
 import math
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -86,9 +87,10 @@ def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
                           "micro_batch": e.plan.micro_batch, "accumulation_steps": e.plan.accumulation_steps,
                           "learning_rate": e.learning_rate, "b_simple": e.noise_scale} for e in r.schedule],
             "lr_sweep": None if report.sweep is None else {
-                "runs": [{"learning_rate": x.learning_rate, "loss": x.loss, "diverged": x.diverged}
+                "runs": [{"learning_rate": x.learning_rate, "loss": x.loss, "held_loss": x.held, "diverged": x.diverged}
                          for x in report.sweep.runs],
                 "chosen": report.sweep.chosen, "start_loss": report.sweep.start_loss, "steps": report.sweep.steps,
+                "hold_loss": report.sweep.hold_loss, "hold_steps": report.sweep.hold_steps,
                 "method": report.sweep.method, "seconds": report.sweep.seconds},
         }
         doc["candidates"] = candidates(report)
@@ -179,8 +181,17 @@ def paste_line(r: dict) -> str:
             f"lr={r['learning_rate']:.4g} warmup={r['warmup_steps']}{beta2}")
 
 
+def _facts(title: str, columns: int = 3) -> Table:
+    """A table of named figures (name, value, how it was obtained). At any width (80 columns in a CI log, a
+    pipe) a long value or rule folds onto the next line whole: nothing is cut off with an ellipsis."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    for _ in range(columns):
+        table.add_column(overflow="fold")
+    return table
+
+
 def _memory_table(m: dict) -> Table:
-    table = Table(title="Memory", show_header=False, title_justify="left")
+    table = _facts(title="Memory")
     note = " (search limit: at least)" if m["at_search_limit"] else ""
     table.add_row("largest batch that fits", f"{m['max_batch']}{note}", m["method"])
     if m.get("real_steps"):
@@ -208,11 +219,14 @@ def _throughput_table(t: dict) -> Table:
 
 
 def _candidates_table(doc: dict) -> Table:
-    table = Table(title="Candidate batch sizes", title_justify="left",
+    # Borderless with short two-line headers so that 80 columns hold it; a figure and its source letter
+    # never wrap apart (no_wrap), so no letter lands on a line of its own.
+    table = Table(title="Candidate batch sizes", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, collapse_padding=True,
                   caption="m = measured, t = tracked, e = estimated from the fits", caption_justify="left")
-    for column in ("batch", "micro x steps", "peak memory", "step time", "samples/s", "stat. efficiency",
-                   "goodput vs base", ""):
-        table.add_column(column, justify="right")
+    for column in ("batch", "micro x\nsteps", "peak\nmemory", "step\ntime", "samples\n/s", "stat.\neff.",
+                   "goodput\nvs base", ""):
+        table.add_column(column, justify="right", no_wrap=True)
     for row in doc["candidates"]:
         mark = "best" if row["recommended"] else ("base" if row["base"] else "")
         style = "bold green" if row["recommended"] else None
@@ -225,7 +239,7 @@ def _candidates_table(doc: dict) -> Table:
 
 
 def _noise_table(n: dict) -> Table:
-    table = Table(title="Gradient noise scale", show_header=False, title_justify="left")
+    table = _facts(title="Gradient noise scale")
     lo, hi = (_number(x) for x in n["ci95"])
     table.add_row("B_simple", _number(n["b_simple"]), f"95% interval [{lo}, {hi}]")
     table.add_row("|G|^2", f"{n['grad_sq_norm']:.4g}", "preconditioned (Adam)" if n["preconditioned"] else "raw")
@@ -258,8 +272,7 @@ def _schedule_table(r: dict) -> Table:
 
 
 def _plan_table(p: dict) -> Table:
-    table = Table(title=f"Plan for {p['gpus']} GPUs ({p['profile']}): a prediction", show_header=False,
-                  title_justify="left")
+    table = _facts(f"Plan for {p['gpus']} GPUs ({p['profile']}): a prediction")
     table.add_row("batch size", f"{p['global_batch']} = {p['gpus']} x {p['per_device_micro_batch']} x "
                   f"{p['accumulation_steps']} accumulation", "predicted")
     table.add_row("step time", f"{p['step_seconds']:.4g} s", f"all-reduce {p['allreduce_seconds']:.3g} s included")
@@ -269,7 +282,7 @@ def _plan_table(p: dict) -> Table:
 
 
 def _recommendation_table(r: dict) -> Table:
-    table = Table(title="Recommendation", show_header=False, title_justify="left")
+    table = _facts(title="Recommendation")
     devices = r.get("devices", 1)
     per = f"{devices} devices x " if devices > 1 else ""
     table.add_row("batch size", f"{r['batch_size']} = {per}{r['micro_batch']} x {r['accumulation_steps']} accumulation",
@@ -320,8 +333,7 @@ def check_json(check) -> dict:
 
 def render_check(check, console: Console) -> None:
     verdict = "[bold green]fits[/]" if check.fits else "[bold red]does not fit[/]"
-    table = Table(title=f"Capacity check on {check.profile}: batch {check.batch_size} {verdict}",
-                  show_header=False, title_justify="left")
+    table = _facts(f"Capacity check on {check.profile}: batch {check.batch_size} {verdict}")
     table.add_row("peak of a training step", format_bytes(check.peak_bytes), "tracked (fake-mode trace on the CPU)")
     table.add_row(f"budget ({check.margin:.0%} margin kept)", format_bytes(check.budget_bytes),
                   f"from the profile: {format_bytes(check.usable_bytes)} usable")
@@ -342,7 +354,7 @@ def render_profiles(profiles: list[dict], console: Console) -> None:
 
 
 def render_profile(profile: dict, console: Console) -> None:
-    table = Table(title=f"Profile {profile['name']}", show_header=False, title_justify="left")
+    table = _facts(f"Profile {profile['name']}", columns=2)
     for key in sorted(profile):
         value = profile[key]
         shown = format_bytes(value) + f" ({value})" if key.endswith("_bytes") and value is not None else str(value)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from advisor.errors import AdvisorError, BadInput
+from advisor.errors import AdvisorError, BadInput, one_line, raised  # noqa: F401 -- one_line: trace.py's too
 from advisor.memory.oom import is_device_error, is_out_of_memory
 from advisor.step import batch_size_of, default_loss, tensors_in
 from advisor.watchdog import beat
@@ -57,6 +57,10 @@ class ModelSpec:
         if not tensors:
             raise self.fail(f"batch({size}) returned {type(batch).__name__} with no tensors; "
                             "expected a tensor, a tuple/list or a dict of tensors")
+        for t in tensors:
+            odd = _unusual_tensor(t)
+            if odd is not None:
+                raise self.fail(f"batch({size}) returned {odd}; expected dense tensors on the CPU")
         got = batch_size_of(batch)
         if got != size or any(t.dim() == 0 or t.shape[0] != size for t in tensors):
             shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
@@ -71,17 +75,12 @@ class ModelSpec:
             return fn(*args)
         except AdvisorError:
             raise  # already names the file and the problem (the checked loss, a nested spec call)
-        except (KeyboardInterrupt, MemoryError):
+        except KeyboardInterrupt:
             raise
-        except SystemExit as exc:
-            raise self.fail(f"{what} called sys.exit({exc.code!r})") from None
-        except Exception as exc:  # the user's code: any failure is bad input, reported in one line
-            raise self.fail(f"{what} raised {type(exc).__name__}: {one_line(exc)}") from None
-
-
-def one_line(exc: BaseException | str) -> str:
-    text = " ".join(str(exc).split()) or "(no message)"
-    return text[:300] + ("..." if len(text) > 300 else "")
+        except BaseException as exc:  # the user's code: any failure is bad input, reported in one line
+            if what.startswith("batch(") and is_out_of_memory(exc):
+                raise  # a batch that does not fit: the probes recover (try_step), the contract check says so
+            raise self.fail(f"{what} {raised(exc)}") from None
 
 
 class CheckedLoss:
@@ -101,15 +100,21 @@ class CheckedLoss:
         beat(f"{self.what} at batch {batch_size_of(batch)}")
         try:
             value = self.fn(model, batch)
-        except (KeyboardInterrupt, MemoryError, AdvisorError):
+        except (KeyboardInterrupt, AdvisorError):
             raise
-        except SystemExit as exc:
-            raise BadInput(f"{self.path}: {self.what} called sys.exit({exc.code!r})") from None
-        except Exception as exc:
-            if is_out_of_memory(exc) or is_device_error(exc) or _tracing_fake():
+        except BaseException as exc:
+            if is_out_of_memory(exc) or is_device_error(exc) or (isinstance(exc, Exception) and _tracing_fake()):
                 raise
+            if isinstance(exc, SystemExit):
+                raise BadInput(f"{self.path}: {self.what} {raised(exc)}") from None
             raise BadInput(f"{self.path}: {self.what} raised {type(exc).__name__} at batch "
                            f"{batch_size_of(batch)}: {one_line(exc)}") from None
+        odd = _unusual_tensor(value) if isinstance(value, torch.Tensor) else None
+        if odd is None and isinstance(value, torch.Tensor) and (value.is_complex() or not value.is_floating_point()):
+            odd = f"a {value.dtype} tensor"
+        if odd is not None:
+            raise BadInput(f"{self.path}: {self.what} returned {odd} at batch {batch_size_of(batch)}, "
+                           "expected a real floating-point scalar tensor (the mean loss over the batch)")
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise BadInput(f"{self.path}: {self.what} returned {shape} at batch {batch_size_of(batch)}, "
@@ -118,6 +123,18 @@ class CheckedLoss:
             raise BadInput(f"{self.path}: {self.what} is not differentiable: its value does not depend on "
                            "the model's parameters (no grad_fn; was it detached or built from .item()?)")
         return value
+
+
+def _unusual_tensor(t: torch.Tensor) -> str | None:
+    """What makes `t` something no probe can read (None for an ordinary dense tensor): a meta tensor has no
+    values, a sparse or nested one no plain shape and strides."""
+    if t.is_nested:
+        return "a nested tensor"
+    if t.layout != torch.strided:
+        return f"a sparse tensor ({str(t.layout).replace('torch.', '')})"
+    if t.is_meta:
+        return "a meta tensor (no data)"
+    return None
 
 
 def _tracing_fake() -> bool:
@@ -181,23 +198,29 @@ def _import_file(path: Path):
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
-    except (KeyboardInterrupt, MemoryError):
+    except KeyboardInterrupt:
         sys.modules.pop(name, None)
         raise
-    except SystemExit as exc:
+    except BaseException as exc:  # any exception, MemoryError and BaseException subclasses too
         sys.modules.pop(name, None)
-        raise BadInput(f"{path}: importing it called sys.exit({exc.code!r}); guard the training script's code "
-                       "with `if __name__ == \"__main__\":`") from None
-    except Exception as exc:
-        sys.modules.pop(name, None)
-        raise BadInput(f"{path}: importing it raised {type(exc).__name__}: {one_line(exc)}") from None
+        hint = ("; guard the training script's code with `if __name__ == \"__main__\":`"
+                if isinstance(exc, SystemExit) else "")
+        raise BadInput(f"{path}: importing it {raised(exc)}{hint}") from None
     return module
 
 
 def check_contract(spec: ModelSpec) -> int:
     """Real training steps at tiny batches on the CPU: every contract failure surfaces here, named.
     Returns the smallest batch that trains: 1, or 2 where batch 1 cannot (BatchNorm in training mode)."""
-    _contract_step(spec, 2)
+    try:
+        _contract_step(spec, 2)
+    except BadInput:
+        raise
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise spec.fail(f"nothing fits: the contract step at batch 2 ran out of memory "
+                        f"({type(exc).__name__}: {one_line(exc, 120)})") from None
     try:
         _contract_step(spec, 1)
     except BadInput:
@@ -212,17 +235,29 @@ def _contract_step(spec: ModelSpec, size: int) -> None:
     value = checked_loss(spec, model, batch)
     try:
         value.backward()
-    except (KeyboardInterrupt, MemoryError):
+    except KeyboardInterrupt:
         raise
-    except Exception as exc:
+    except BaseException as exc:
         raise spec.fail(f"loss is not differentiable: {type(exc).__name__}: {one_line(exc)}") from None
+    trained = [p for group in opt.param_groups for p in group["params"]]
+    if not any(_nonzero(p.grad) for p in trained):
+        raise spec.fail(f"the loss at batch {size} gives no gradient to any parameter the optimizer trains: "
+                        "it does not depend on the model (a leaf tensor, or a value cut off from model's output?)")
     spec._call("optimizer.step()", opt.step)
+
+
+def _nonzero(grad: torch.Tensor | None) -> bool:
+    if grad is None:
+        return False
+    if grad.layout != torch.strided:  # a sparse gradient (nn.Embedding(sparse=True))
+        grad = grad.coalesce().values()
+    return bool((grad != 0).any())
 
 
 def checked_loss(spec: ModelSpec, model: torch.nn.Module, batch: Any) -> torch.Tensor:
     """The user's loss, which must also be finite here (spec.loss, a CheckedLoss, has already made sure
     it is a differentiable scalar)."""
     value = spec.loss(model, batch)
-    if not math.isfinite(value.item()):
+    if not math.isfinite(value.item()):  # CheckedLoss made sure it is a real scalar
         raise spec.fail(f"loss(model, batch) is not finite ({value.item()})")
     return value.reshape(())

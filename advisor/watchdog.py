@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from advisor.errors import EXIT_PROBE_FAILED
+from advisor.errors import EXIT_PROBE_FAILED, AdvisorError, ProbeFailed, one_line
 
 DEFAULT_STEP_TIMEOUT = 300.0
 DEFAULT_COLLECTIVE_TIMEOUT = 120.0  # a collective of a distributed job (advisor.distributed)
@@ -67,16 +67,23 @@ def watching(timeout: float, on_timeout=None):
 
 @contextlib.contextmanager
 def probe(name: str):
-    """Name the probe that the next beats belong to (for the timeout's message)."""
+    """Name the probe that the next beats belong to (for the timeout's message). Whatever escapes the body
+    that no seam named (the user's load_state_dict or state_dict, a hook, an error while restoring or
+    rebuilding outside try_step, a BaseException subclass) is a ProbeFailed naming the probe: one line,
+    exit 4, never a traceback. Expected errors and Ctrl-C pass as they are."""
     dog = _active
-    if dog is None:
-        yield
-        return
-    previous, dog.probe = dog.probe, name
+    previous = dog.probe if dog is not None else None
+    if dog is not None:
+        dog.probe = name
     try:
         yield
+    except (AdvisorError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        raise ProbeFailed(f"the {name} failed: {type(exc).__name__}: {one_line(exc)}") from None
     finally:
-        dog.probe = previous
+        if dog is not None:
+            dog.probe = previous
 
 
 def beat(what: str) -> None:

@@ -168,3 +168,18 @@ def test_batchnorm_model_starts_at_batch_two(write_model, monkeypatch, timings):
     assert min(p["batch"] for p in doc["memory"]["traced"]) == 2
     assert doc["throughput"]["points"][0]["batch"] == 2
     assert doc["noise"]["micro_batch"] >= 2 and doc["recommendation"]["micro_batch"] >= 2
+
+
+def test_throughput_batch_sizes_respect_the_memory_budget(write_model):
+    """Sizes above the largest batch that fits --memory are not timed (noted); none left is bad input."""
+    path = write_model(MLP)
+    result = invoke("max-batch", path, "--device", "cpu", "--memory", "2MiB", "--json")
+    limit = json.loads(result.stdout)["memory"]["safe_max_batch"]
+    flags = ["--device", "cpu", "--max-step-seconds", "0.05", "--memory", "2MiB"]
+    result = invoke("throughput", path, *flags, "--batch-sizes", f"2,{limit},{limit + 1}", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [p["batch"] for p in doc["throughput"]["points"]] == [2, limit]
+    assert any(f"{limit + 1}: not timed" in note for note in doc["notes"])
+    result = invoke("throughput", path, *flags, "--batch-sizes", str(10 * limit), "--json")
+    assert result.exit_code == 2 and result.stdout == "" and "--batch-sizes" in result.stderr

@@ -72,13 +72,18 @@ def test_accelerator_errors_other_than_oom_are_not_oom():
     "exc",
     [
         ValueError("out of memory"),  # the words alone are not enough outside RuntimeError
-        MemoryError("out of memory"),  # Python's own, not a device allocation
         KeyboardInterrupt(),
         TypeError("can't allocate memory"),
     ],
 )
 def test_other_exception_types_are_not_oom(exc):
     assert is_out_of_memory(exc) is False
+
+
+def test_python_memory_error_is_oom():
+    """Python's (or numpy's) MemoryError: batch() could not allocate that batch on the host, so the batch does
+    not fit this machine (#14: a note, "does not fit", not bad input)."""
+    assert is_out_of_memory(MemoryError("Unable to allocate 8.00 GiB for an array")) is True
 
 
 def test_a_real_cpu_allocation_failure_is_oom():

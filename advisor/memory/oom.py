@@ -12,7 +12,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-from advisor.errors import ProbeFailed
+from advisor.errors import ProbeFailed, one_line
 
 T = TypeVar("T")
 
@@ -33,11 +33,11 @@ _OOM_MARKERS = (
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` means "this batch does not fit" rather than a real failure."""
-    if isinstance(exc, _OOM_TYPES):
+    if isinstance(exc, _OOM_TYPES) or isinstance(exc, MemoryError):  # MemoryError: Python's, numpy's
         return True
     if not isinstance(exc, RuntimeError):
         return False
-    message = str(exc).lower()
+    message = one_line(exc, None).lower()  # one_line: a user's __str__ may raise
     return any(marker in message for marker in _OOM_MARKERS)
 
 
@@ -54,7 +54,7 @@ def is_device_error(exc: BaseException) -> bool:
     accelerator_error = getattr(torch, "AcceleratorError", None)
     if accelerator_error is not None and isinstance(exc, accelerator_error):
         return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _DEVICE_MARKERS)
+    return isinstance(exc, RuntimeError) and any(m in one_line(exc, None).lower() for m in _DEVICE_MARKERS)
 
 
 def try_step(step: Callable[[], T], device: torch.device | str, what: str,
@@ -70,8 +70,7 @@ def try_step(step: Callable[[], T], device: torch.device | str, what: str,
         return step()
     except Exception as exc:
         if is_device_error(exc):
-            text = " ".join(str(exc).split())[:300] or "(no message)"
-            raise ProbeFailed(f"{what}: {type(exc).__name__}: {text}") from None
+            raise ProbeFailed(f"{what}: {type(exc).__name__}: {one_line(exc)}") from None
         if not is_out_of_memory(exc):
             raise
     free_device_memory(device)

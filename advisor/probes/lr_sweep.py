@@ -1,16 +1,23 @@
-"""The learning-rate sweep: a few rates around the rule's, each a short run from the same weights.
+"""The learning-rate sweep: a few rates around the rule's, each tried as short runs.
 
 The rule (McCandlish's for SGD, the square-root rule for Adam) gives a centre; how far a task strays
-from it is measured. Every run starts from the weights and optimizer state where the noise probe's
-training run ended (the base setting, some way into training), trains `steps` steps at the
-recommended batch (micro-batches × accumulation) with every parameter group's rate scaled alike, and
-is scored by the mean training loss of its second half (each step's loss is on fresh examples, so this
-estimates the loss the weights reach, averaged over many examples) and the same batches for every
-rate. A run whose loss is not finite, or whose score is 1.5× the held-out loss it started from,
-diverged. When the lowest score is at an end of the range, the sweep goes on past that end (half an
-octave a run, at most `EXTEND` more) until a run scores worse or diverges. It picks the lowest score
-among the stable runs (scores within 10% of its improvement on the starting loss are a tie, settled
-by the rate nearest the rule's: a tie is not evidence), and never a rate above the largest stable one.
+from it is measured, two ways for each rate, at the recommended batch (micro-batches × accumulation),
+every parameter group's rate scaled alike, the same batches for every rate:
+
+- **from initialisation**, the run the user will do: `steps` steps from a fresh model, scored by the
+  mean training loss of their second half (each step's loss is on fresh examples, so this estimates
+  the loss the weights reach, averaged over many examples). This is what picks the rate.
+- **from the noise probe's last weights** (the base setting, where the probe's run ended: with
+  --target-loss, at the target): `hold_steps` steps, which must not end more than 25% above the loss
+  they started from. A rate that cannot hold the loss where the run is headed is unstable there,
+  whatever it does early. (Scored from there alone, a short run sees only a higher rate's transient cost, and picks
+  rates too low.)
+
+A run whose loss is not finite, or 1.5× where it started, diverged. When the lowest score is at an
+end of the range, the sweep goes on past that end (half an octave a run, at most `EXTEND` more) while
+it improves. It picks the lowest score among the runs stable both ways (scores within 1% of the lowest
+are a tie, settled by the rate nearest the rule's: a tie is not evidence), and never a rate above the
+smallest one that was unstable.
 """
 
 import math
@@ -25,49 +32,51 @@ from advisor.step import SavedState, move_batch, split_batch
 
 FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0)  # × the rule's rate: half an octave apart
 DIVERGED = 1.5                          # a score this many times the starting loss has diverged
-TIE = 0.1                               # of the best improvement on the starting loss
+TIE = 0.01                              # scores within 1% of the lowest are a tie
+HOLD = 1.25                             # from the probe's last weights, a rate may raise the loss this much
 EXTEND = 4                              # runs past an end of the range, at most
 
 
 @dataclass(frozen=True)
 class SweepRun:
     learning_rate: float
-    loss: float        # mean training loss of the run's second half (inf: not finite)
-    diverged: bool
+    loss: float        # from initialisation: mean training loss of the run's second half (inf: not finite)
+    held: float        # from the probe's last weights: mean loss of the second half
+    diverged: bool     # unstable either way
 
 
 @dataclass(frozen=True)
 class SweepResult:
     runs: tuple[SweepRun, ...]
     chosen: float | None    # None when every rate diverged
-    start_loss: float
+    start_loss: float       # the fresh model's loss (what the runs from initialisation improve on)
     steps: int
     method: str
     seconds: float
+    hold_loss: float = math.nan  # the loss at the probe's last weights
+    hold_steps: int = 0
 
 
 def sweep_rates(spec: ModelSpec, backend: Backend, model: torch.nn.Module, opt: torch.optim.Optimizer,
                 centre: float, micro: int, accumulation: int, steps: int, seed: int = 0,
-                beta2: float | None = None, progress=lambda done, total: None) -> SweepResult:
+                beta2: float | None = None, hold_steps: int = 20, progress=lambda done, total: None) -> SweepResult:
     started = time.perf_counter()
-    saved = SavedState(model, opt)
-    first = float(opt.param_groups[0]["lr"]) or 1.0
-    scales = [group["lr"] / first for group in opt.param_groups]  # groups keep their ratios
-    originals = [(group["lr"], group.get("betas")) for group in opt.param_groups]
     torch.manual_seed(seed + 31337)
     held_out = [move_batch(spec.batch(micro), backend.device) for _ in range(max(2, 4 // accumulation))]
-    start_loss = _held_out_loss(spec, model, held_out)
+    late = _Start(model, opt, beta2)
+    torch.manual_seed(seed)
+    fresh_model = spec.model().to(backend.device)
+    fresh = _Start(fresh_model, spec.optimizer(fresh_model), beta2)
+    hold_loss = _held_out_loss(spec, model, held_out)
+    start_loss = _held_out_loss(spec, fresh_model, held_out)
     runs: list[SweepRun] = []
 
     def run(rate: float) -> SweepRun:
-        saved.restore()
-        for group, scale in zip(opt.param_groups, scales):
-            group["lr"] = rate * scale
-            if beta2 is not None and "betas" in group:
-                group["betas"] = (group["betas"][0], beta2)
-        torch.manual_seed(seed + 4242)
-        score = _train(spec, backend, model, opt, micro, accumulation, steps)
-        runs.append(SweepRun(rate, score, not math.isfinite(score) or score > DIVERGED * start_loss))
+        score = fresh.train(spec, backend, rate, micro, accumulation, steps, seed)
+        held = late.train(spec, backend, rate, micro, accumulation, hold_steps, seed)
+        unstable = (not math.isfinite(score) or score > DIVERGED * start_loss or not math.isfinite(held)
+                    or held > HOLD * hold_loss)
+        runs.append(SweepRun(rate, score, held, unstable))
         progress(len(runs), len(FACTORS))
         return runs[-1]
 
@@ -81,11 +90,7 @@ def sweep_rates(spec: ModelSpec, backend: Backend, model: torch.nn.Module, opt: 
                 break
             run(best.learning_rate * step)
     runs.sort(key=lambda r: r.learning_rate)
-    saved.restore()
-    for group, (lr, betas) in zip(opt.param_groups, originals):
-        group["lr"] = lr
-        if betas is not None:
-            group["betas"] = betas
+    late.put_back()
     stable = [r for r in runs if not r.diverged]
     chosen = None
     if stable:
@@ -93,13 +98,41 @@ def sweep_rates(spec: ModelSpec, backend: Backend, model: torch.nn.Module, opt: 
             s.learning_rate for s in stable)), math.inf)
         candidates = [r for r in stable if r.learning_rate < first_unstable]
         lowest = min(r.loss for r in candidates)
-        tied = [r for r in candidates if r.loss <= lowest + TIE * max(start_loss - lowest, 0.0)]
+        tied = [r for r in candidates if r.loss <= lowest * (1 + TIE)]
         chosen = min(tied, key=lambda r: abs(math.log(r.learning_rate / centre))).learning_rate
     method = (f"{backend.measured_on}: {len(runs)} rates ({' '.join(f'{r.learning_rate / centre:.2g}' for r in runs)} "
-              "x the rule's), "
-              f"each {steps} steps at batch {micro} x {accumulation} from the noise probe's last weights; "
-              f"scored by the mean training loss of the second half")
-    return SweepResult(tuple(runs), chosen, start_loss, steps, method, time.perf_counter() - started)
+              f"x the rule's) at batch {micro} x {accumulation}, each {steps} steps from initialisation (scored by "
+              f"the mean training loss of the second half) and {hold_steps} from the noise probe's last weights "
+              "(which must hold the loss there)")
+    return SweepResult(tuple(runs), chosen, start_loss, steps, method, time.perf_counter() - started, hold_loss,
+                       hold_steps)
+
+
+class _Start:
+    """A model and optimizer to run from, again and again: each run starts from the same state."""
+
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, beta2: float | None):
+        self.model, self.opt, self.beta2 = model, opt, beta2
+        self.saved = SavedState(model, opt)
+        first = float(opt.param_groups[0]["lr"]) or 1.0
+        self.scales = [group["lr"] / first for group in opt.param_groups]  # groups keep their ratios
+        self.originals = [(group["lr"], group.get("betas")) for group in opt.param_groups]
+
+    def train(self, spec, backend, rate, micro, accumulation, steps, seed) -> float:
+        self.saved.restore()
+        for group, scale in zip(self.opt.param_groups, self.scales):
+            group["lr"] = rate * scale
+            if self.beta2 is not None and "betas" in group:
+                group["betas"] = (group["betas"][0], self.beta2)
+        torch.manual_seed(seed + 4242)
+        return _train(spec, backend, self.model, self.opt, micro, accumulation, steps)
+
+    def put_back(self) -> None:
+        self.saved.restore()
+        for group, (lr, betas) in zip(self.opt.param_groups, self.originals):
+            group["lr"] = lr
+            if betas is not None:
+                group["betas"] = betas
 
 
 def _train(spec, backend, model, opt, micro, accumulation, steps) -> float:

@@ -5,12 +5,14 @@ after ten steps describes the start of training, not the run. The probe trains t
 (the base batch, the optimizer as given) and measures at steps spaced geometrically, 10, 20, 40, ...
 (the first at `--noise-warmup-steps`), until the probe's budget (seconds or training steps) would be
 passed by the next point. At each point, `snapshots` times: draw B = k·b examples, take the k
-micro-batch gradients without moving the weights, record s̄ and S, then train one step on their mean,
-so the next snapshot sees new weights.
+micro-batch gradients without moving the weights, record s̄ and S, then train one step on the first
+micro-batch's gradient (a step of the base setting when the noise batch is 8 base batches), so the next
+snapshot sees new weights and the run stays the base setting's.
 
 Every gradient is seen in the geometry the optimizer steps in (`advisor.preconditioners`): divided by
 the divisor D the optimizer would use at that step, its second moment updated with the step's gradient;
-raw for SGD, and raw with a note where no divisor is sound. The k micro-batch gradients are summed
+raw for SGD, and raw with a note where no divisor is sound (the second moment is updated with the snapshot's
+mean gradient, the least noisy estimate of the step's). The k micro-batch gradients are summed
 and their squares summed elementwise, so D (which depends on their mean) is applied after the pass.
 
 In a data-parallel job (McCandlish et al., appendix A) the k micro-batches are shared out: each of
@@ -144,7 +146,7 @@ def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batc
                                             big, f"{snap + 1} of point {j + 1}")
             estimates.append(snapshot)
             losses.append(mean_loss)
-        step, examples = step + snapshots, examples + snapshots * big
+        step, examples = step + snapshots, examples + snapshots * micro * ranks
         snapshot_seconds = (clock() - trained) / snapshots
         series.append(SeriesPoint(at_step, at_examples, sum(losses) / len(losses), noise_scale(estimates, seed=seed),
                                   time.perf_counter() - started, tuple(estimates)))
@@ -185,8 +187,10 @@ def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batc
 
 
 def _snapshot(spec, model, opt, kind, params, backend, local, micro, micro_batches, big, where):
-    """One snapshot's estimates and the mean loss of its micro-batches; then one training step on their mean."""
+    """One snapshot's estimates and the mean loss of its micro-batches; then one training step on the first
+    micro-batch's gradient (the mean over ranks of each one's first)."""
     sums = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    first: list[torch.Tensor] = []
     squares = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     loss_sum = torch.zeros(1, dtype=torch.float64, device=backend.device)
     for i, chunk in enumerate(split_batch(move_batch(spec.batch(local * micro), backend.device), micro)):
@@ -200,10 +204,13 @@ def _snapshot(spec, model, opt, kind, params, backend, local, micro, micro_batch
                 g = p.grad.double()
                 s.add_(g)
                 q.add_(g * g)
+        if i == 0:
+            first = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
     model.zero_grad(set_to_none=True)
     if distributed.active():
-        distributed.sum_tensors(sums + squares + [loss_sum], f"the noise probe's all-reduce at snapshot "
-                                                                       f"{where}")
+        distributed.sum_tensors(sums + squares + [loss_sum] + first, f"the noise probe's all-reduce at snapshot "
+                                                                               f"{where}")
+        first = [g / distributed.world() for g in first]
     small_sq = big_sq = 0.0
     for p, s, q in zip(params, sums, squares):
         mean = s / micro_batches
@@ -211,8 +218,8 @@ def _snapshot(spec, model, opt, kind, params, backend, local, micro, micro_batch
         small_sq += (q if d is None else q / (d * d)).sum().item()
         big_sq += (mean if d is None else mean / d).pow(2).sum().item()
     _check_finite(small_sq, f"gradient at noise snapshot {where}")
-    for p, s in zip(params, sums):  # one training step on the big batch's gradient
-        p.grad = (s / micro_batches).to(p.dtype)
+    for p, g in zip(params, first):  # one training step of the base setting
+        p.grad = g
     opt.step()
     opt.zero_grad(set_to_none=True)
     return two_batch_estimates(small_sq / micro_batches, big_sq, micro, big), loss_sum.item() / micro_batches
