@@ -316,6 +316,8 @@ def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tup
         if distributed.in_job():
             if isolate:
                 raise BadInput("--isolate does not combine with a distributed job")
+        if probe_name in ("recommendation", "noise") and distributed.rank() == 0 and err.is_terminal:
+            err.print(f"note: {_how_long(settings, probe_name)}", highlight=False, soft_wrap=True)
         if isolate:
             from advisor.isolate import run_isolated
 
@@ -330,6 +332,14 @@ def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tup
         for note in doc["notes"]:
             err.print(f"note: {note}", highlight=False)
         _emit(doc, json_out, lambda out: render_doc(doc, out))
+
+
+def _how_long(settings, probe_name: str) -> str:
+    """What the run will spend, said before it starts: the budgets, which bound the long probes."""
+    sweep = (f", the learning-rate sweep about {settings.sweep_seconds:g} s" if probe_name == "recommendation"
+             and settings.lr_sweep else "")
+    return (f"probing takes roughly the noise probe's budget ({settings.noise_budget.describe()}){sweep}, and seconds "
+            "to a minute for memory and throughput (--noise-budget sets it)")
 
 
 MAX_BATCH = 10**12          # examples: a batch, a base batch, a floor; far above any device's memory

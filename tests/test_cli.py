@@ -183,3 +183,18 @@ def test_throughput_batch_sizes_respect_the_memory_budget(write_model):
     assert any(f"{limit + 1}: not timed" in note for note in doc["notes"])
     result = invoke("throughput", path, *flags, "--batch-sizes", str(10 * limit), "--json")
     assert result.exit_code == 2 and result.stdout == "" and "--batch-sizes" in result.stderr
+
+
+def test_a_run_says_how_long_first_and_ends_with_one_line_to_paste(write_model, monkeypatch):
+    """At a terminal, the first line on stderr says what the run will spend; the tables end with the
+    advice as one plain line (not at a terminal, the note is left out: CI logs keep errors one line)."""
+    import rich.console
+    monkeypatch.setattr(rich.console.Console, "is_terminal", property(lambda self: self.stderr))
+    result = invoke("recommend", write_model(MLP), *FAST, "--memory", "16MiB", "--noise-warmup-steps", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0].startswith("note: probing takes roughly the noise probe's budget (20 training")
+    last = result.stdout.strip().splitlines()[-1]
+    fields = dict(part.split("=") for part in last.split())
+    assert set(fields) >= {"batch_size", "micro_batch", "accumulation", "lr", "warmup"}
+    assert int(fields["batch_size"]) == int(fields["micro_batch"]) * int(fields["accumulation"])
+    float(fields["lr"])
