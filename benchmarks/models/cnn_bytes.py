@@ -5,34 +5,17 @@ through that file. Input: the previous 32 bytes one-hot (256 channels x 32 posit
 target: the next byte. Model: Conv1d -> ReLU -> Conv1d (stride 2) -> ReLU -> Flatten -> Linear, only
 layers BackPACK supports, so the noise benchmark can compare with it. SGD with momentum.
 """
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from stdlib_bytes import windows
 
 CONTEXT = 32
 CHANNELS = 64
 BASE_BATCH_SIZE = 64
 
-_GPT = None
-
-
-def _gpt():
-    global _GPT
-    if _GPT is None:
-        path = Path(__file__).resolve().parents[2] / "examples" / "gpt_stdlib.py"
-        spec = importlib.util.spec_from_file_location("_cnn_bytes_gpt_stdlib_data", path)
-        _GPT = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_GPT)
-    return _GPT
-
-
 def _sample(split, size):
-    data = _gpt()._data()[split]
-    ix = torch.randint(len(data) - CONTEXT, (size, 1))
-    w = data[ix + torch.arange(CONTEXT + 1)].long()
+    w = windows(split, size, CONTEXT)
     x = F.one_hot(w[:, :-1], 256).transpose(1, 2).float()  # (size, 256, CONTEXT)
     return x, w[:, -1]
 

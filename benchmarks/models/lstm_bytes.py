@@ -6,27 +6,13 @@ LSTM layer and a linear head. Adam, as recurrent language models are usually tra
 kind beside the transformer, the MLP and the CNN, and an adaptive optimizer whose noise scale is taken
 in Adam's own geometry.
 """
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from stdlib_bytes import windows
 
 CONTEXT = 32
 BASE_BATCH_SIZE = 32
-
-_GPT = None
-
-
-def _gpt():
-    global _GPT
-    if _GPT is None:
-        path = Path(__file__).resolve().parents[2] / "examples" / "gpt_stdlib.py"
-        spec = importlib.util.spec_from_file_location("_lstm_bytes_gpt_stdlib_data", path)
-        _GPT = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_GPT)
-    return _GPT
 
 
 class LSTMLM(nn.Module):
@@ -42,9 +28,7 @@ class LSTMLM(nn.Module):
 
 
 def _sample(split, size):
-    data = _gpt()._data()[split]
-    ix = torch.randint(len(data) - CONTEXT, (size, 1))
-    w = data[ix + torch.arange(CONTEXT + 1)].long()
+    w = windows(split, size, CONTEXT)
     return w[:, :-1], w[:, 1:]
 
 
