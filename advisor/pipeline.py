@@ -298,8 +298,13 @@ class Advisor:
                                      "and may be too high")
             return rec
         best = next(r for r in result.runs if r.learning_rate == result.chosen)
-        return with_swept_rate(rec, result.chosen, f"{len(result.runs)} short runs of {result.steps} steps, "
-                                                   f"lowest loss {best.loss:.4g}")
+        rec = with_swept_rate(rec, result.chosen, f"{len(result.runs)} short runs of {result.steps} steps, "
+                                                  f"lowest loss {best.loss:.4g}")
+        if rec.beta2 is not None and not result.beta2_kept:
+            rec = replace(rec, beta2=None, reasons=[r for r in rec.reasons if not r.startswith("beta2")] + [
+                f"beta2 stays {rec.base_beta2:g}: the half-life rule's {rec.beta2:.4g} scored {result.beta2_loss:.4g} "
+                f"at the chosen rate, not better than {best.loss:.4g} with the optimizer's own"])
+        return rec
 
     def _seconds_with_data(self, batch: int) -> float:
         """A training step at `batch` with the model file's batch() included, from the throughput probe's

@@ -91,6 +91,7 @@ def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
                          for x in report.sweep.runs],
                 "chosen": report.sweep.chosen, "start_loss": report.sweep.start_loss, "steps": report.sweep.steps,
                 "hold_loss": report.sweep.hold_loss, "hold_steps": report.sweep.hold_steps,
+                "beta2_loss": report.sweep.beta2_loss, "beta2_kept": report.sweep.beta2_kept,
                 "method": report.sweep.method, "seconds": report.sweep.seconds},
         }
         doc["candidates"] = candidates(report)

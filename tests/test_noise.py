@@ -143,3 +143,19 @@ def test_the_sweep_never_picks_a_rate_at_or_above_one_that_diverged(write_model)
     assert diverged and result.chosen is not None and result.chosen < min(diverged)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is restored
     assert opt.param_groups[0]["lr"] == 0.3
+
+
+def test_a_proposed_beta2_is_advised_only_when_the_sweep_measures_it_better(write_model):
+    """beta2 = 1 makes Adam's bias correction divide by zero: the run is not finite, so it is not kept."""
+    from advisor.device import Backend
+    from advisor.probes.lr_sweep import sweep_rates
+    from tests.models import MLP
+
+    spec = _spec(write_model, MLP)
+    torch.manual_seed(0)
+    model = spec.model()
+    opt = spec.optimizer(model)
+    result = sweep_rates(spec, Backend(torch.device("cpu")), model, opt, centre=1e-3, micro=16, accumulation=1,
+                         steps=20, beta2=1.0)
+    assert result.chosen is not None and result.beta2_loss is not None and not result.beta2_kept
+    assert opt.param_groups[0]["betas"] == (0.9, 0.999)  # put back
