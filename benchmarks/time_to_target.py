@@ -3,6 +3,7 @@ close does it come to the best of a tuned grid?
 
     python3 benchmarks/time_to_target.py                 # four tasks (about 30 minutes on 2 cores)
     python3 benchmarks/time_to_target.py --tasks lstm_bytes --quick
+    python3 benchmarks/time_to_target.py --tasks gpt_stdlib --only-advice   # rerun (a), keep the grid and base
 
 For each task (a model file with `validation_batch(n)`), every setting trains from the same seeded
 initialisation until the validation loss on a fixed held-out set reaches the task's target:
@@ -164,6 +165,35 @@ def _val_loss(spec, model, val) -> float:
     return sum(spec.loss(model, chunk).item() * len(chunk[0]) for chunk in split_batch(val, 512)) / len(val[0])
 
 
+def rerun_advice(name: str, cfg: dict, saved: dict) -> dict:
+    """bsadvisor's settings again (after a change to bsadvisor), against the saved base, Lightning and grid:
+    those do not depend on bsadvisor's code."""
+    spec = common.load(cfg["file"])
+    module = sys.modules[spec.build_model.__module__]
+    torch.manual_seed(1234)
+    val = module.validation_batch(VAL_EXAMPLES)
+    clock, target = Clock(spec), saved["target"]
+    rec = recommend(cfg["file"], ["--target-loss", str(target)])
+    settings = {k: s for k, s in saved["settings"].items() if not k.startswith("(a")}
+    advice = _advice_settings(rec)
+    cap = CAP * settings["(c) base"]["run"]["examples"]
+    for label, s in advice.items():
+        s["run"] = train(spec, s, target, val, cfg["eval_examples"], cap, clock)
+        print(f"  {label}: {s['run']['status']} {s['run']['steps']} steps {s['run']['seconds']:.2f} s", file=sys.stderr)
+    return {**saved, "recommend": rec, "settings": {**advice, **settings},
+            "step_seconds": {**saved["step_seconds"], **{f"{m}x{a}": t for (m, a), t in clock.cache.items()}}}
+
+
+def _advice_settings(rec: dict) -> dict:
+    advice = {"(a) bsadvisor": {"micro_batch": rec["micro_batch"], "accumulation_steps": rec["accumulation_steps"],
+                                "lr": rec["lr"], "warmup_steps": rec["warmup_steps"], "beta2": rec["beta2"]}}
+    if rec["schedule"]:
+        advice["(a') bsadvisor schedule"] = {"schedule": rec["schedule"], "micro_batch": rec["micro_batch"],
+                                             "accumulation_steps": rec["accumulation_steps"], "lr": rec["lr"],
+                                             "warmup_steps": 0}
+    return advice
+
+
 def run_task(name: str, cfg: dict, quick: bool) -> dict:
     spec = common.load(cfg["file"])
     module = sys.modules[spec.build_model.__module__]
@@ -182,13 +212,7 @@ def run_task(name: str, cfg: dict, quick: bool) -> dict:
     rec = recommend(cfg["file"], ["--target-loss", str(target)] + (["--noise-budget", "3s"] if quick else []))
     print(f"{name}: recommend -> {rec['batch']} @ {rec['lr']:.4g} (rule {rec['rule_lr']:.4g}), warm-up "
           f"{rec['warmup_steps']}, beta2 {rec['beta2']}, {rec['seconds']:.1f} s", file=sys.stderr)
-    settings = {"(c) base": {**fixed(base_batch, base_lr), "run": base}}
-    settings["(a) bsadvisor"] = {"micro_batch": rec["micro_batch"], "accumulation_steps": rec["accumulation_steps"],
-                                 "lr": rec["lr"], "warmup_steps": rec["warmup_steps"], "beta2": rec["beta2"]}
-    if rec["schedule"]:
-        settings["(a') bsadvisor schedule"] = {"schedule": rec["schedule"], "micro_batch": rec["micro_batch"],
-                                               "accumulation_steps": rec["accumulation_steps"], "lr": rec["lr"],
-                                               "warmup_steps": 0}
+    settings = {"(c) base": {**fixed(base_batch, base_lr), "run": base}, **_advice_settings(rec)}
     if not quick:
         lit = lightning_batch(spec, parse_size(cfg["budget"]), seed=0)
         settings["(b) Lightning + linear lr"] = {**fixed(lit["batch"], base_lr * lit["batch"] / base_batch),
@@ -297,8 +321,12 @@ def plot(data: dict, out: Path) -> None:
 def main() -> None:
     ap = common.argument_parser(__doc__, "time_to_target", "easier targets, a 2x2 grid: checks the script")
     ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--results", default=None, help="results file name (default time_to_target): tasks run "
+                                                        "side by side each into its own, merged after")
+    ap.add_argument("--only-advice", action="store_true", help="rerun bsadvisor's settings only, against the "
+                                                                  "saved base, Lightning and grid")
     args = common.parse_arguments(ap)
-    name = common.results_name("time_to_target", args.quick)
+    name = args.results or common.results_name("time_to_target", args.quick)
     if args.from_results:
         data = common.load_results(name)
     else:
@@ -309,7 +337,8 @@ def main() -> None:
         data.setdefault("tasks", {})
         data.update({"machine": common.machine(), "command": common.command_line()})
         for task in args.tasks.split(","):
-            data["tasks"][task] = run_task(task, TASKS[task], args.quick)
+            data["tasks"][task] = (rerun_advice(task, TASKS[task], data["tasks"][task]) if args.only_advice
+                                   else run_task(task, TASKS[task], args.quick))
             common.save_results(name, data)
     common.publish(args, "time_to_target", data, report(data), plot, "validation loss against counted time",
                    " Time is counted: steps x the batch's measured step time (minimum of interleaved repeats).")
