@@ -245,12 +245,9 @@ class Advisor:
             phi = noise.scale.b_simple
             self.report.fit = self._fit_near_candidates(phi, limit)
 
-            def advise(fit: StepTimeFit) -> Recommendation:
-                return recommend(fit, optimizer_seconds, phi, self.base_batch(), self.base_lr(), self.family(), limit,
-                                 devices=self.devices, min_micro=self.smallest, base_beta2=self._base_beta2(),
-                                 warmup_examples=noise.series[-1].examples if noise.series else None)
-
-            rec = advise(self.report.fit)
+            rec = recommend(self.report.fit, optimizer_seconds, phi, self.base_batch(), self.base_lr(), self.family(),
+                            limit, devices=self.devices, min_micro=self.smallest, base_beta2=self._base_beta2(),
+                            warmup_examples=noise.series[-1].examples if noise.series else None)
             if self.settings.lr_sweep and not distributed.active() and self._trained is not None and rec.learning_rate > 0:
                 with watchdog.probe("learning-rate sweep"):
                     rec = self._sweep(rec)
