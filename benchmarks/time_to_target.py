@@ -294,6 +294,10 @@ def report(data: dict) -> str:
     return "\n".join(lines)
 
 
+COLORS = {"(a) bsadvisor": "#1b9e77", "(a') bsadvisor schedule": "#66a61e", "(b) Lightning + linear lr": "#7570b3",
+          "(c) base": "#d95f02", "best": "#e7298a"}
+
+
 def plot(data: dict, out: Path) -> None:
     plt = common.plt()
     tasks = list(data["tasks"])
@@ -306,7 +310,7 @@ def plot(data: dict, out: Path) -> None:
             grid = label.startswith("grid")
             best = label == t["best_grid"]
             ax.plot(xs, ys, lw=1.6 if not grid or best else 0.6, alpha=1 if not grid or best else 0.35,
-                    color="#999999" if grid and not best else None,
+                    color=COLORS["best"] if best else COLORS.get(label, "#999999"),
                     label=None if grid and not best else (f"best of grid ({label[5:]})" if best else label))
         ax.axhline(t["target"], color="black", ls="--", lw=1)
         ax.set_title(name, fontsize=9)
