@@ -223,9 +223,8 @@ class Advisor:
         if budget.seconds is None or self.report.fit is None:
             return budget
         fit, snapshots = self.report.fit, self.settings.noise_snapshots
-        step_seconds = self._seconds_with_data(train_batch)
-        snapshot = micro_batches * fit.seconds(micro) + self._seconds_with_data(micro * micro_batches) - fit.seconds(
-            micro * micro_batches)
+        step_seconds = fit.seconds(train_batch) + self._data_seconds(train_batch)
+        snapshot = micro_batches * fit.seconds(micro) + self._data_seconds(micro * micro_batches)
         planned = series_steps(self.settings.noise_warmup_steps)[:1]
         for step in series_steps(self.settings.noise_warmup_steps)[1:]:
             cost = step * step_seconds + (len(planned) + 1) * snapshots * snapshot
@@ -275,7 +274,8 @@ class Advisor:
     def _sweep(self, rec: Recommendation) -> Recommendation:
         """The rule's rate checked by a short sweep at the recommended batch (see probes/lr_sweep.py)."""
         plan, hold = rec.plan, 20
-        per_step = plan.accumulation_steps * self._seconds_with_data(plan.micro_batch)
+        per_step = plan.accumulation_steps * (self.report.fit.seconds(plan.micro_batch)
+                                              + self._data_seconds(plan.micro_batch))
         quarter = math.ceil(0.25 * self.report.noise.series[-1].examples / plan.batch_size)  # of the probed run
         affordable = int(self.settings.sweep_seconds / (7 * per_step)) - hold  # about 7 rates, both ways
         steps = max(20, min(quarter, affordable))
@@ -303,12 +303,11 @@ class Advisor:
                 f"at the chosen rate, not better than {best.loss:.4g} with the optimizer's own"])
         return rec
 
-    def _seconds_with_data(self, batch: int) -> float:
-        """A training step at `batch` with the model file's batch() included, from the throughput probe's
-        minimum times (the step's fit plus a fit of batch()'s own time)."""
+    def _data_seconds(self, batch: int) -> float:
+        """The model file's batch(batch) alone, from a line fitted to the throughput probe's minimum times of
+        it (the step's own time is `self.report.fit`)."""
         points = self.report.throughput.points
-        data = fit_step_time([(p.batch, max(p.batch_seconds, 1e-9)) for p in points])
-        return self.report.fit.seconds(batch) + data.seconds(batch)
+        return fit_step_time([(p.batch, max(p.batch_seconds, 1e-9)) for p in points]).seconds(batch)
 
     def _base_beta2(self) -> float | None:
         betas = self._optimizer().param_groups[0].get("betas")
