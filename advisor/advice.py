@@ -20,6 +20,7 @@ PLATEAU_TOLERANCE = 0.05          # batches within 5% of the best goodput are al
 NEAR_OCTAVES = 2.0                # the local step-time fit's width, in octaves of batch size
 BETA2_RATIO = 2.0                 # advise β2 when the batch moves this far from the base (either way)
 SCHEDULE_STEP = 1.5               # a batch schedule's steps grow the batch at least this much each
+CANDIDATES_APART = 1.5            # a sweep's candidate batches differ at least this much
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,21 @@ def goodput_plateau(fit: StepTimeFit, optimizer_seconds: float, noise_scale: flo
     return Plateau(low, high, best, tolerance)
 
 
+def nearest_on_plateau(plateau: Plateau, base_batch: int) -> int:
+    """The plateau rule's batch: the base itself when it is on the plateau, else the plateau's nearer end."""
+    return min(max(base_batch, plateau.low), plateau.high)
+
+
+def plateau_candidates(plateau: Plateau, chosen: int, apart: float = CANDIDATES_APART) -> list[int]:
+    """The batches a sweep tries: the plateau rule's `chosen` first, then the plateau's ends, each kept only
+    when it is at least `apart` times from every batch already kept (nearer ones would measure the same)."""
+    kept = [chosen]
+    for end in (plateau.low, plateau.high):
+        if all(max(end, k) >= apart * min(end, k) for k in kept):
+            kept.append(end)
+    return kept
+
+
 @dataclass(frozen=True)
 class ScheduleEntry:
     """From `from_step` (this schedule's own steps; `from_examples` examples seen) train at this batch and rate."""
@@ -228,13 +244,15 @@ class Recommendation:
 
 def recommend(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int, base_lr: float,
               family: str, max_micro: int, devices: int = 1, min_micro: int = 1, base_beta2: float | None = None,
-              warmup_examples: int | None = None, tolerance: float = PLATEAU_TOLERANCE) -> Recommendation:
+              warmup_examples: int | None = None, tolerance: float = PLATEAU_TOLERANCE,
+              measured: tuple[int, str] | None = None) -> Recommendation:
     """The batch: of the plateau of batches within `tolerance` of the best goodput, the one closest to the
     base batch (the base itself when it is on the plateau): a deterministic rule that timing noise moves
-    only as far as it moves the plateau's edge, and the smallest change from a setting known to train.
+    only as far as it moves the plateau's edge, and the smallest change from a setting known to train;
+    or, with `measured` (batch, how), the batch that short runs measured best among the plateau's.
     The learning rate: the rule for that batch (a sweep may replace it: `with_swept_rate`)."""
     plateau = goodput_plateau(fit, optimizer_seconds, noise_scale, base_batch, max_micro, devices, min_micro, tolerance)
-    chosen = min(max(base_batch, plateau.low), plateau.high)
+    chosen = measured[0] if measured else nearest_on_plateau(plateau, base_batch)
     plan = plan_at(fit, optimizer_seconds, chosen, max_micro, devices, min_micro)
     base = plan_for_batch(fit, optimizer_seconds, base_batch, max_micro, devices, min_micro)
     best = plan_at(fit, optimizer_seconds, plateau.best, max_micro, devices, min_micro)
@@ -242,8 +260,8 @@ def recommend(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, ba
     best_gain = goodput(best, noise_scale, base_batch) / goodput(base, noise_scale, base_batch)
     factor, rule = learning_rate_factor(noise_scale, base_batch, plan.batch_size, family)
     ideal = math.sqrt(noise_scale * fit.alpha / fit.beta) if fit.alpha > 0 else 0.0
-    where = ("the base batch is on it, so it stays" if plan.batch_size == base_batch else
-             f"batch {plan.batch_size} is the plateau's end nearest the base batch {base_batch}")
+    where = (measured[1] if measured else "the base batch is on it, so it stays" if plan.batch_size == base_batch
+             else f"batch {plan.batch_size} is the plateau's end nearest the base batch {base_batch}")
     reasons = [f"goodput B/T(B)*E(B) is within {tolerance:.0%} of its best ({best_gain:.2f}x the base's, at batch "
                f"{plateau.best}) for batches {plateau.low} to {plateau.high}: {where} ({gain:.2f}x the base's goodput)"]
     if devices > 1:
@@ -274,12 +292,18 @@ def recommend(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, ba
 
 
 def with_swept_rate(rec: Recommendation, learning_rate: float, how: str) -> Recommendation:
-    """The recommendation with the rate a sweep measured in place of the rule's (which stays reported)."""
+    """The recommendation with the rate a sweep measured in place of the rule's (which stays reported).
+    No warm-up: the sweep's runs from initialisation trained at this rate from their first step and stayed
+    stable, which is the evidence a warm-up stands in for (on the LSTM benchmark a warm-up of a tenth of the
+    run cost 20% more steps to the target at the same batch and rate, and nothing on the MLP)."""
     reasons = [r for r in rec.reasons if not r.startswith("warm up")]
     reasons.append(f"learning rate {learning_rate:.4g} measured by a sweep ({how}); the rule gave "
                    f"{rec.rule_learning_rate:.4g}")
-    return _with_warmup(replace(rec, learning_rate=learning_rate, lr_factor=learning_rate / rec.base_lr,
-                                lr_source="sweep", reasons=reasons))
+    if learning_rate / rec.base_lr > WARMUP_FACTOR_THRESHOLD:
+        reasons.append("no warm-up: the sweep's runs from initialisation trained at this rate from their first "
+                       "step without diverging")
+    return replace(rec, learning_rate=learning_rate, lr_factor=learning_rate / rec.base_lr, lr_source="sweep",
+                   reasons=reasons, warmup_steps=0)
 
 
 def _with_warmup(rec: Recommendation) -> Recommendation:

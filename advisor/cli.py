@@ -52,8 +52,9 @@ NoiseBudgetOpt = Annotated[str, typer.Option("--noise-budget", help="How far the
 TargetLossOpt = Annotated[Optional[float], typer.Option("--target-loss", help="The training loss your run trains "
                                                         "to: the noise probe follows training until it gets there "
                                                         "(or its budget ends).")]
-SweepOpt = Annotated[bool, typer.Option("--lr-sweep/--no-lr-sweep", help="Measure the learning rate by a short "
-                                        "sweep around the rule's (default), or take the rule's.")]
+SweepOpt = Annotated[bool, typer.Option("--lr-sweep/--no-lr-sweep", help="Measure the learning rate, and the batch "
+                                        "among the goodput plateau's, by short training runs (default), or take the "
+                                        "rule's rate at the plateau rule's batch.")]
 
 
 def _version(value: bool) -> None:
@@ -336,7 +337,7 @@ def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tup
 
 def _how_long(settings, probe_name: str) -> str:
     """What the run will spend, said before it starts: the budgets, which bound the long probes."""
-    sweep = (f", the learning-rate sweep about {settings.sweep_seconds:g} s" if probe_name == "recommendation"
+    sweep = (f", the sweep of rates and batches about {settings.sweep_seconds:g} s" if probe_name == "recommendation"
              and settings.lr_sweep else "")
     return (f"probing takes roughly the noise probe's budget ({settings.noise_budget.describe()}){sweep}, and seconds "
             "to a minute for memory and throughput (--noise-budget sets it)")

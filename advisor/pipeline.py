@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from advisor import distributed
-from advisor.advice import (ClusterPlan, Recommendation, StepTimeFit, batch_schedule, cluster_plan, fit_step_time,
-                            optimizer_family, recommend, with_swept_rate)
+from advisor.advice import (ClusterPlan, Recommendation, StepTimeFit, batch_schedule, beta2_for, cluster_plan,
+                            fit_step_time, learning_rate_factor, optimizer_family, plan_at, plateau_candidates, recommend,
+                            with_swept_rate)
 from advisor.capacity import profile_budget
 from advisor.device import Backend, Budget, resolve_device, resolve_rank_device, threads_beside_load
 from advisor.errors import BadInput, ProbeFailed
@@ -22,7 +23,7 @@ from advisor.memory.cuda import RealSteps
 from advisor.memory.max_batch import MemoryResult, find_max_batch
 from advisor.memory.oom import free_device_memory, try_step
 from advisor.memory.trace import StepTracer, release_trace_caches
-from advisor.probes.lr_sweep import SweepResult, sweep_rates
+from advisor.probes.sweep import TYPICAL_RUNS, Candidate, SweepResult, sweep
 from advisor.probes.noise import NoiseBudget, NoiseResult, measure_noise, series_steps
 from advisor.probes.throughput import ThroughputResult, geometric_batches, measure_throughput, not_rising
 from advisor import watchdog
@@ -41,7 +42,7 @@ class Settings:
     noise_snapshots: int = 16  # per point of the noise series
     noise_budget: NoiseBudget = field(default_factory=NoiseBudget)
     lr_sweep: bool = True
-    sweep_seconds: float = 15.0
+    sweep_seconds: float = 30.0
     target_loss: float | None = None  # the loss the user's run trains to: the noise series stops there
     batch_sizes: list[int] | None = None
     max_step_seconds: float = 1.0
@@ -238,15 +239,9 @@ class Advisor:
         if self.report.recommendation is None:
             throughput, noise = self.throughput(), self.noise()
             optimizer_seconds = min(p.optimizer_seconds for p in throughput.points)
-            limit = self.memory().safe_max_batch
-            if throughput.out_of_memory_at is not None:  # the device has less room now than the memory probe saw
-                limit = min(limit, throughput.out_of_memory_at - 1)
-            phi = noise.scale.b_simple
-            self.report.fit = self._fit_near_candidates(phi, limit)
-
-            rec = recommend(self.report.fit, optimizer_seconds, phi, self.base_batch(), self.base_lr(), self.family(),
-                            limit, devices=self.devices, min_micro=self.smallest, base_beta2=self._base_beta2(),
-                            warmup_examples=noise.series[-1].examples if noise.series else None)
+            limit = self._limit()
+            self.report.fit = self._fit_near_candidates(noise.scale.b_simple, limit)
+            rec = self._recommend()
             if self.settings.lr_sweep and not distributed.active() and self._trained is not None and rec.learning_rate > 0:
                 with watchdog.probe("learning-rate sweep"):
                     rec = self._sweep(rec)
@@ -260,6 +255,19 @@ class Advisor:
                 self._plan_cluster()
         return self.report.recommendation
 
+    def _limit(self) -> int:
+        """The largest micro-batch the advice may use: what fits, and below a batch whose step ran out of memory
+        (the device has less room now than the memory probe saw)."""
+        limit, oom = self.memory().safe_max_batch, self.throughput().out_of_memory_at
+        return limit if oom is None else min(limit, oom - 1)
+
+    def _recommend(self, measured: tuple[int, str] | None = None) -> Recommendation:
+        noise = self.report.noise
+        return recommend(self.report.fit, min(p.optimizer_seconds for p in self.report.throughput.points),
+                         noise.scale.b_simple, self.base_batch(), self.base_lr(), self.family(), self._limit(),
+                         devices=self.devices, min_micro=self.smallest, base_beta2=self._base_beta2(),
+                         warmup_examples=noise.series[-1].examples if noise.series else None, measured=measured)
+
     def _fit_near_candidates(self, phi: float, limit: int) -> StepTimeFit:
         """The step-time line refitted near the batches the advice weighs (around the goodput optimum),
         twice, so that curvature far from them does not move the recommendation."""
@@ -272,36 +280,55 @@ class Advisor:
         return fit
 
     def _sweep(self, rec: Recommendation) -> Recommendation:
-        """The rule's rate checked by a short sweep at the recommended batch (see probes/lr_sweep.py)."""
+        """The rule's batch and rate checked by short runs (see probes/sweep.py): rates at the plateau rule's
+        batch, then at the plateau's ends for the same counted time; the batch that trains furthest wins."""
         plan, hold = rec.plan, 20
         per_step = plan.accumulation_steps * (self.report.fit.seconds(plan.micro_batch)
                                               + self._data_seconds(plan.micro_batch))
         quarter = math.ceil(0.25 * self.report.noise.series[-1].examples / plan.batch_size)  # of the probed run
-        affordable = int(self.settings.sweep_seconds / (7 * per_step)) - hold  # about 7 rates, both ways
+        affordable = int(self.settings.sweep_seconds / (TYPICAL_RUNS * per_step)) - hold
         steps = max(20, min(quarter, affordable))
+        candidates = [self._candidate(batch, rec, steps) for batch in plateau_candidates(rec.plateau, plan.batch_size)]
         trained = self._trained
-        result = try_step(lambda: sweep_rates(self.spec, self.backend, trained.model, trained.opt, rec.learning_rate,
-                                              plan.micro_batch, plan.accumulation_steps, steps, hold_steps=hold,
-                                              seed=self.settings.seed, beta2=rec.beta2,
-                                              progress=self.progress("sweeping the learning rate")),
+        result = try_step(lambda: sweep(self.spec, self.backend, trained.model, trained.opt, candidates,
+                                        seed=self.settings.seed, hold_steps=hold,
+                                        progress=self.progress("sweeping the learning rate and batch")),
                           self.backend.device, "the learning-rate sweep")
         self._trained = None  # its model and optimizer are not needed again
         if result is None:
-            self.report.notes.append("the learning-rate sweep ran out of memory: the rate is the rule's")
+            self.report.notes.append("the learning-rate sweep ran out of memory: the batch and rate are the rule's")
             return rec
         self.report.sweep = result
         if result.chosen is None:
             self.report.notes.append("every rate of the learning-rate sweep diverged: the rate is the rule's, "
                                      "and may be too high")
             return rec
+        if result.chosen_batch != plan.batch_size:
+            rec = self._recommend(measured=(result.chosen_batch, _batch_verdict(result)))
         best = next(r for r in result.runs if r.learning_rate == result.chosen)
         rec = with_swept_rate(rec, result.chosen, f"{len(result.runs)} short runs of {result.steps} steps, "
                                                   f"lowest loss {best.loss:.4g}")
+        if len(result.trials) > 1 and result.chosen_batch == plan.batch_size:
+            rec = replace(rec, reasons=rec.reasons + [_batch_verdict(result)])
         if rec.beta2 is not None and not result.beta2_kept:
+            trial = next(t for t in result.trials if t.candidate.batch == result.chosen_batch)
             rec = replace(rec, beta2=None, reasons=[r for r in rec.reasons if not r.startswith("beta2")] + [
                 f"beta2 stays {rec.base_beta2:g}: the half-life rule's {rec.beta2:.4g} scored {result.beta2_loss:.4g} "
-                f"at the chosen rate, not better than {best.loss:.4g} with the optimizer's own"])
+                f"from initialisation and {result.beta2_late_loss:.4g} from the noise probe's last weights at the "
+                f"chosen rate, not better both ways than the optimizer's own ({trial.loss:.4g} and {trial.late_loss:.4g})"])
         return rec
+
+    def _candidate(self, batch: int, rec: Recommendation, steps: int) -> Candidate:
+        """A batch for the sweep: its plan, the rule's rate for it, and steps for the same counted time as
+        `steps` at the recommended batch (by the step-time fit)."""
+        fit, limit = self.report.fit, self._limit()
+        optimizer_seconds = min(p.optimizer_seconds for p in self.report.throughput.points)
+        plan = plan_at(fit, optimizer_seconds, batch, limit, self.devices, self.smallest)
+        factor, _ = learning_rate_factor(self.report.noise.scale.b_simple, rec.base_batch, plan.batch_size, rec.optimizer_family)
+        beta2 = beta2_for(rec.base_beta2, rec.base_batch, plan.batch_size) if rec.optimizer_family == "adam" and \
+            rec.base_beta2 else None
+        return Candidate(plan.micro_batch, plan.accumulation_steps, rec.base_lr * factor,
+                         max(8, round(steps * rec.plan.step_seconds / plan.step_seconds)), beta2)
 
     def _data_seconds(self, batch: int) -> float:
         """The model file's batch(batch) alone, from a line fitted to the throughput probe's minimum times of
@@ -365,6 +392,18 @@ class Advisor:
         release_trace_caches()
         self.report.seconds = time.perf_counter() - self._started
         return self.report
+
+
+def _batch_verdict(result: SweepResult) -> str:
+    """Why the sweep's batch: each candidate's scores for the same counted time, both ways."""
+    scores = ", ".join(f"{t.candidate.batch}: {t.loss:.4g} / {t.late_loss:.4g}" for t in result.trials)
+    first = result.trials[0].candidate.batch
+    verdict = (f"batch {result.chosen_batch} trained further than the plateau rule's {first} by more than 1% both "
+               "ways" if result.chosen_batch != first else
+               f"no other batch trained further than the plateau rule's {first} by more than 1% both ways")
+    return (f"{verdict} in short runs of the same counted time, each at its best rate (mean loss of the second "
+            f"half from initialisation, from {result.start_loss:.4g} / from the noise probe's last weights, from "
+            f"{result.hold_loss:.4g}: {scores})")
 
 
 PROBES = ("memory", "throughput", "noise", "recommendation")

@@ -77,7 +77,7 @@ def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
             "statistical_efficiency": r.efficiency, "goodput_vs_base": r.goodput_vs_base,
             "step_seconds": r.plan.step_seconds, "reasons": r.reasons,
             "devices": r.plan.devices, "global_batch": r.plan.batch_size, "per_device_micro_batch": r.plan.micro_batch,
-            "method": "estimated: goodput from the step-time fit and the measured noise scale",
+            "method": _batch_method(report), "batch_source": _batch_source(report),
             "plateau": [r.plateau.low, r.plateau.high] if r.plateau else None,
             "plateau_best": r.plateau.best if r.plateau else None,
             "plateau_tolerance": r.plateau.tolerance if r.plateau else None,
@@ -91,8 +91,16 @@ def to_json(report: Report, sections: tuple[str, ...] | None = None) -> dict:
                          for x in report.sweep.runs],
                 "chosen": report.sweep.chosen, "start_loss": report.sweep.start_loss, "steps": report.sweep.steps,
                 "hold_loss": report.sweep.hold_loss, "hold_steps": report.sweep.hold_steps,
-                "beta2_loss": report.sweep.beta2_loss, "beta2_kept": report.sweep.beta2_kept,
-                "method": report.sweep.method, "seconds": report.sweep.seconds},
+                "beta2_loss": report.sweep.beta2_loss, "beta2_late_loss": report.sweep.beta2_late_loss,
+                "beta2_kept": report.sweep.beta2_kept,
+                "method": report.sweep.method, "seconds": report.sweep.seconds,
+                "chosen_batch": report.sweep.chosen_batch,
+                "batches": [{"batch": t.candidate.batch, "micro_batch": t.candidate.micro,
+                             "accumulation_steps": t.candidate.accumulation, "steps": t.candidate.steps,
+                             "learning_rate": t.chosen, "loss": t.loss, "late_loss": t.late_loss,
+                             "runs": [{"learning_rate": x.learning_rate, "loss": x.loss, "held_loss": x.held,
+                                       "diverged": x.diverged} for x in t.runs]}
+                            for t in report.sweep.trials]},
         }
         doc["candidates"] = candidates(report)
     if report.cluster and "recommendation" in sections:
@@ -237,6 +245,19 @@ def _candidates_table(doc: dict) -> Table:
             f"{_seconds(row['step_seconds'])} {row['step_source'][0]}", _rate(row["samples_per_second"]),
             f"{row['statistical_efficiency']:.3f}", f"{row['goodput_vs_base']:.2f}x", mark, style=style)
     return table
+
+
+def _batch_source(report) -> str:
+    """'sweep' when short runs chose between several of the plateau's batches, else 'plateau rule'."""
+    sweep = report.sweep
+    return "sweep" if sweep is not None and len(sweep.trials) > 1 and sweep.chosen is not None else "plateau rule"
+
+
+def _batch_method(report) -> str:
+    if _batch_source(report) == "sweep":
+        return ("measured: of the goodput plateau's batches, the one whose short runs trained furthest in the "
+                "same counted time, from initialisation and from the noise probe's last weights")
+    return "estimated: goodput from the step-time fit and the measured noise scale"
 
 
 def _noise_table(n: dict) -> Table:

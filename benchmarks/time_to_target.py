@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -66,7 +67,16 @@ def recommend(path: Path, extra: list[str]) -> dict:
             "accumulation_steps": r["accumulation_steps"], "lr": r["learning_rate"], "warmup_steps": r["warmup_steps"],
             "beta2": r.get("beta2"), "rule_lr": r.get("rule_learning_rate"), "lr_source": r.get("lr_source"),
             "b_simple": doc["noise"]["b_simple"], "series": [(p["step"], p["b_simple"]) for p in doc["noise"]["series"]],
-            "plateau": r.get("plateau"), "schedule": r.get("schedule") or [], "probe_seconds": doc["seconds"]}
+            "plateau": r.get("plateau"), "schedule": r.get("schedule") or [], "probe_seconds": doc["seconds"],
+            "batch_source": r.get("batch_source"), "sweep_batches": _sweep_batches(r.get("lr_sweep"))}
+
+
+def _sweep_batches(sweep: dict | None) -> list[dict]:
+    """Each batch the sweep tried: its best rate and its scores both ways (the runs themselves left out)."""
+    if not sweep:
+        return []
+    return [{k: b[k] for k in ("batch", "steps", "learning_rate", "loss", "late_loss")} | {
+        "start_loss": sweep["start_loss"], "hold_loss": sweep["hold_loss"]} for b in sweep.get("batches", [])]
 
 
 def lightning_batch(spec, budget: int, seed: int) -> dict:
@@ -80,8 +90,16 @@ class Clock:
     thread's CPU time (the script runs one torch thread, so every operator runs on it): another process
     on the machine moves no figure."""
 
-    def __init__(self, spec):
-        self.spec, self.cache = spec, {}
+    def __init__(self, spec, saved: dict | None = None, base: int | None = None):
+        """With `saved` ({"MxA": seconds} of an earlier run) its figures are reused, and a new size's is scaled by
+        the median of saved / now over the grid's batches near the base (B0/2, B0, 2 B0): thread CPU time still
+        grows on a busy machine (shared caches and cores), and a rerun compared with a saved grid must count on
+        the grid's clock. (One batch alone moved a new size's figure by 11% between two runs.)"""
+        self.spec, self.cache, self.scale = spec, {}, 1.0
+        if saved:
+            near = [(b, 1) for b in (max(2, base // 2), base, 2 * base) if f"{b}x1" in saved]
+            self.scale = statistics.median(saved[f"{m}x{a}"] / self.seconds(m, a) for m, a in near)
+            self.cache = {tuple(map(int, k.split("x"))): v for k, v in saved.items()}
 
     def seconds(self, micro: int, accumulation: int) -> float:
         key = (micro, accumulation)
@@ -97,7 +115,7 @@ class Clock:
                     _step(self.spec, model, opt, batch, micro, accumulation)
                     if i:
                         times.append(time.thread_time() - began)
-            self.cache[key] = min(times)
+            self.cache[key] = min(times) * self.scale
         return self.cache[key]
 
 
@@ -172,16 +190,18 @@ def rerun_advice(name: str, cfg: dict, saved: dict) -> dict:
     module = sys.modules[spec.build_model.__module__]
     torch.manual_seed(1234)
     val = module.validation_batch(VAL_EXAMPLES)
-    clock, target = Clock(spec), saved["target"]
-    rec = recommend(cfg["file"], ["--target-loss", str(target)])
     settings = {k: s for k, s in saved["settings"].items() if not k.startswith("(a")}
+    kept = {f"{s['micro_batch']}x{s['accumulation_steps']}" for s in settings.values()}  # an earlier advice's is not
+    clock = Clock(spec, {k: v for k, v in saved["step_seconds"].items() if k in kept}, saved["base_batch"])
+    target = saved["target"]
+    rec = recommend(cfg["file"], ["--target-loss", str(target)])
     advice = _advice_settings(rec)
     cap = CAP * settings["(c) base"]["run"]["examples"]
     for label, s in advice.items():
         s["run"] = train(spec, s, target, val, cfg["eval_examples"], cap, clock)
         print(f"  {label}: {s['run']['status']} {s['run']['steps']} steps {s['run']['seconds']:.2f} s", file=sys.stderr)
     return {**saved, "recommend": rec, "settings": {**advice, **settings},
-            "step_seconds": {**saved["step_seconds"], **{f"{m}x{a}": t for (m, a), t in clock.cache.items()}}}
+            "step_seconds": {f"{m}x{a}": t for (m, a), t in clock.cache.items()}}
 
 
 def _advice_settings(rec: dict) -> dict:

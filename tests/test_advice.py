@@ -147,8 +147,34 @@ def test_a_swept_rate_replaces_the_rule_and_keeps_it_reported():
     swept = with_swept_rate(rec, 0.9, "5 runs")
     assert swept.learning_rate == 0.9 and swept.rule_learning_rate == rec.learning_rate
     assert swept.lr_source == "sweep" and swept.lr_factor == pytest.approx(9.0)
-    assert swept.warmup_steps == math.ceil(0.1 * 10_000 / swept.plan.batch_size)
-    assert sum(r.startswith("warm up") for r in swept.reasons) == 1
+
+
+def test_a_swept_rate_needs_no_warmup_but_the_rules_does():
+    """The sweep ran its rate from initialisation without a warm-up, stably: that is the evidence a warm-up
+    stands in for. The rule's rate, unmeasured, keeps the Goyal warm-up when it grows more than 2x."""
+    rec = recommend(StepTimeFit(0.01, 0.0001), 0.0, 4000, 32, 0.1, "sgd", 10**6, warmup_examples=10_000)
+    assert rec.lr_factor > 2 and rec.warmup_steps == math.ceil(0.1 * 10_000 / rec.plan.batch_size)
+    swept = with_swept_rate(rec, 0.9, "5 runs")
+    assert swept.warmup_steps == 0 and not any(r.startswith("warm up") for r in swept.reasons)
+    assert any(r.startswith("no warm-up") for r in swept.reasons)
+
+
+def test_the_sweeps_candidates_are_the_rules_batch_then_the_plateaus_ends_far_enough_from_it():
+    from advisor.advice import Plateau, plateau_candidates
+    assert plateau_candidates(Plateau(16, 54, 29, 0.05), 32) == [32, 16, 54]
+    assert plateau_candidates(Plateau(5, 13, 6, 0.05), 13) == [13, 5]        # 13 is an end itself
+    assert plateau_candidates(Plateau(90, 120, 100, 0.05), 100) == [100]     # nothing 1.5x away
+    assert plateau_candidates(Plateau(10, 40, 20, 0.05), 10) == [10, 40]
+
+
+def test_a_measured_batch_replaces_the_plateau_rules_and_says_why():
+    fit = StepTimeFit(0.01, 0.0001)
+    rule = recommend(fit, 0.0, 400, 32, 0.1, "sgd", 10**6)
+    high = rule.plateau.high
+    measured = recommend(fit, 0.0, 400, 32, 0.1, "sgd", 10**6, measured=(high, "short runs said so"))
+    assert measured.plan.batch_size == high != rule.plan.batch_size and measured.plateau == rule.plateau
+    assert "short runs said so" in measured.reasons[0]
+    assert measured.learning_rate == pytest.approx(0.1 * learning_rate_factor(400, 32, high, "sgd")[0])
 
 
 def test_a_growing_noise_scale_gives_a_rising_schedule_that_ends_at_the_recommendation():

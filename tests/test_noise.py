@@ -2,6 +2,7 @@
 whose noise scale is known in closed form."""
 
 import json
+import math
 import random
 
 import pytest
@@ -130,15 +131,14 @@ def test_the_sweep_never_picks_a_rate_at_or_above_one_that_diverged(write_model)
     """Least squares with x ~ N(0, I): SGD diverges above lr 2; from centre 1.2 the sweep's upper rates
     (1.7, 2.4) are unstable, and it must choose below the first of them that diverged."""
     from advisor.device import Backend
-    from advisor.probes.lr_sweep import sweep_rates
+    from advisor.probes.sweep import Candidate, sweep
 
     spec = _spec(write_model, SWEEP_TASK)
     torch.manual_seed(0)
     model = spec.model()
     opt = spec.optimizer(model)
     before = [p.detach().clone() for p in model.parameters()]
-    result = sweep_rates(spec, Backend(torch.device("cpu")), model, opt, centre=1.2, micro=64, accumulation=1,
-                         steps=20)
+    result = sweep(spec, Backend(torch.device("cpu")), model, opt, [Candidate(64, 1, centre=1.2, steps=20)])
     diverged = [r.learning_rate for r in result.runs if r.diverged]
     assert diverged and result.chosen is not None and result.chosen < min(diverged)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is restored
@@ -148,14 +148,70 @@ def test_the_sweep_never_picks_a_rate_at_or_above_one_that_diverged(write_model)
 def test_a_proposed_beta2_is_advised_only_when_the_sweep_measures_it_better(write_model):
     """beta2 = 1 makes Adam's bias correction divide by zero: the run is not finite, so it is not kept."""
     from advisor.device import Backend
-    from advisor.probes.lr_sweep import sweep_rates
+    from advisor.probes.sweep import Candidate, sweep
     from tests.models import MLP
 
     spec = _spec(write_model, MLP)
     torch.manual_seed(0)
     model = spec.model()
     opt = spec.optimizer(model)
-    result = sweep_rates(spec, Backend(torch.device("cpu")), model, opt, centre=1e-3, micro=16, accumulation=1,
-                         steps=20, beta2=1.0)
+    result = sweep(spec, Backend(torch.device("cpu")), model, opt, [Candidate(16, 1, centre=1e-3, steps=20, beta2=1.0)])
     assert result.chosen is not None and result.beta2_loss is not None and not result.beta2_kept
     assert opt.param_groups[0]["betas"] == (0.9, 0.999)  # put back
+
+
+@pytest.mark.parametrize("candidates", [[(4, 64), (64, 4)], [(64, 4), (4, 64)]], ids=["first", "second"])
+def test_the_sweep_picks_the_batch_that_trained_furthest(write_model, candidates):
+    """The same counted time with a step cost proportional to the batch: 64 steps of 4 train further than 4
+    of 64 on this problem, wherever the plateau rule's batch stands in the list."""
+    from advisor.device import Backend
+    from advisor.probes.sweep import Candidate, sweep
+
+    spec = _spec(write_model, SWEEP_TASK)
+    torch.manual_seed(0)
+    model = spec.model()
+    opt = spec.optimizer(model)
+    result = sweep(spec, Backend(torch.device("cpu")), model, opt,
+                   [Candidate(batch, 1, centre=0.02, steps=steps) for batch, steps in candidates])
+    assert result.chosen_batch == 4
+    assert [t.candidate.batch for t in result.trials] == [b for b, _ in candidates]
+    best = min(result.trials, key=lambda t: t.loss)
+    assert best.candidate.batch == 4 and result.chosen == best.chosen
+    assert result.runs == best.runs and result.steps == best.candidate.steps
+
+
+def test_a_tie_between_batches_goes_to_the_plateau_rules(write_model):
+    """The same batch twice scores the same: the first candidate (the plateau rule's) is kept."""
+    from advisor.device import Backend
+    from advisor.probes.sweep import Candidate, sweep
+
+    spec = _spec(write_model, SWEEP_TASK)
+    torch.manual_seed(0)
+    model = spec.model()
+    opt = spec.optimizer(model)
+    first, second = Candidate(16, 1, centre=0.3, steps=20), Candidate(16, 1, centre=0.3, steps=20)
+    result = sweep(spec, Backend(torch.device("cpu")), model, opt, [first, second])
+    assert result.trials[0].loss == pytest.approx(result.trials[1].loss, rel=1e-6)
+    assert result.trials[0] is not result.trials[1] and result.chosen_batch == 16
+    assert result.runs == result.trials[0].runs
+
+
+def test_another_batch_replaces_the_rules_only_when_it_wins_from_initialisation_and_late():
+    """Progress is the fall from where the runs start (5.5 from initialisation, 2.4 late)."""
+    from advisor.probes.sweep import BatchTrial, Candidate, _best_trial
+
+    def trial(batch, loss, late):
+        return BatchTrial(Candidate(batch, 1, 0.1, 10), (), 0.1, loss, late)
+
+    def best(*trials):
+        return _best_trial(list(trials), start_loss=5.5, hold_loss=2.4)
+
+    rule = trial(13, 2.70, 2.314)
+    assert best(rule, trial(6, 2.58, 2.318)) is rule               # wins early only (the GPT example)
+    assert best(rule, trial(6, 2.69, 2.0)) is rule                 # within a tie (1% of 2.8) early
+    small, smaller = trial(16, 2.05, 1.90), trial(8, 2.01, 1.93)
+    assert best(trial(32, 2.14, 1.925), small) is small            # wins both ways (the LSTM)
+    assert best(trial(32, 2.14, 1.95), small, smaller) is smaller  # of the winners, the furthest early
+    assert best(trial(32, 2.14, 2.5), trial(16, 2.05, 2.45)).candidate.batch == 16  # less lost late is progress
+    failed = BatchTrial(Candidate(32, 1, 0.1, 10), (), None, math.inf)
+    assert best(failed, small) is small and best(failed) is None
