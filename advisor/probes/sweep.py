@@ -13,11 +13,13 @@ task strays from both is measured by short runs, every parameter group's rate sc
 - **from the noise probe's last weights** (the base setting, where the probe's run ended: with
   --target-loss, at the target): `hold_steps` steps, over whose second half the loss on the same
   held-out examples (paired, so that sampling noise does not decide; at 4 steps, so that one
-  iterate's does not either) must not be 1.5× what it was. A rate that cannot hold the loss where the
-  run is headed is unstable there, whatever it does early. A smaller rise is a higher rate's
-  transient cost, not instability (at 1.25× the MLP example's grid-best rate, 0.32, was excluded, and
-  the advice took 1.37x the grid's best time to the target); scored from there alone, short runs see
-  only that cost, and pick rates too low.
+  iterate's does not either) must not rise to 1.5× what it was *and* give back a tenth of the fall
+  since initialisation. A rate that cannot hold the loss where the run is headed is unstable there,
+  whatever it does early. A smaller rise is a higher rate's transient cost or higher noise floor, not
+  instability (at 1.25× the MLP example's grid-best rate, 0.32, was excluded, and the advice took
+  1.37x the grid's best time to the target; near a loss of zero, 1.5× alone excluded rates by where
+  the probe happened to stop); scored from there alone, short runs see only that cost, and pick rates
+  too low.
 
 A run whose loss is not finite, or 1.5× where it started, diverged. The first candidate (the plateau
 rule's batch) tries 5 rates, ½ to 2× the rule's; the others 3, centred on their own rule's rate scaled
@@ -48,6 +50,7 @@ from advisor.step import SavedState, move_batch, split_batch
 FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0)  # × the first candidate's rate: half an octave apart
 NEIGHBOUR_FACTORS = (0.71, 1.0, 1.41)   # × another candidate's rate
 DIVERGED = 1.5                          # a score this many times where the run started has diverged
+GIVE_BACK = 0.1                         # from the last weights, also this share of the progress since initialisation
 TIE = 0.01                              # scores within 1% of the lowest are a tie
 EXTEND = 4                              # runs past an end of a batch's range, at most
 HELD_OUT = 256                          # examples (at least) the starting losses are measured on
@@ -231,6 +234,10 @@ class _Runner:
         self.held_out = held_out
         self.hold_loss = _held_out_loss(spec, model, held_out)
         self.start_loss = _held_out_loss(spec, fresh_model, held_out)
+        # Unstable where the run is headed: 1.5x the loss there, and a tenth of the way back to where training
+        # began. 1.5x alone is ill-conditioned as the loss nears zero: at 0.026 on the MLP example a rate's
+        # higher noise floor passed it (0.041), as the run's own pace at a loss of 0.065 did not.
+        self.late_limit = max(DIVERGED * self.hold_loss, self.hold_loss + GIVE_BACK * (self.start_loss - self.hold_loss))
 
     def train_late(self, c: Candidate, rate: float, beta2: float | None = None) -> float:
         """`c.steps` steps from the probe's last weights: the same counted time as its runs from initialisation."""
@@ -242,7 +249,7 @@ class _Runner:
         held = self.late.train(self.spec, self.backend, rate, c.micro, c.accumulation, self.hold_steps, self.seed,
                                held_out=self.held_out)  # the same examples as hold_loss: paired
         unstable = (not math.isfinite(score) or score > DIVERGED * self.start_loss or not math.isfinite(held)
-                    or held > DIVERGED * self.hold_loss)
+                    or held > self.late_limit)
         return SweepRun(rate, score, held, unstable)
 
 
