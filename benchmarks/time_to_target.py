@@ -19,7 +19,9 @@ initialisation until the validation loss on a fixed held-out set reaches the tas
 
 Time is counted, not clocked: steps to target at each batch times that batch's step time, measured in
 this process as the minimum over repeats of this thread's CPU time (one torch thread; data loading and
-evaluation excluded). A busy machine then moves no result. A run stops at the target, at 4x the base setting's examples, or when its
+evaluation excluded): another process's load moves it far less than wall time (it still grows with
+shared caches and cores), and every figure of a run shares one clock: `--only-advice` keeps the saved
+settings' steps to the target and counts them again on the rerun's own clock. A run stops at the target, at 4x the base setting's examples, or when its
 loss is no longer finite ("diverged").
 """
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import subprocess
 import sys
 import time
@@ -90,16 +91,8 @@ class Clock:
     thread's CPU time (the script runs one torch thread, so every operator runs on it): another process
     on the machine moves no figure."""
 
-    def __init__(self, spec, saved: dict | None = None, base: int | None = None):
-        """With `saved` ({"MxA": seconds} of an earlier run) its figures are reused, and a new size's is scaled by
-        the median of saved / now over the grid's batches near the base (B0/2, B0, 2 B0): thread CPU time still
-        grows on a busy machine (shared caches and cores), and a rerun compared with a saved grid must count on
-        the grid's clock. (One batch alone moved a new size's figure by 11% between two runs.)"""
-        self.spec, self.cache, self.scale = spec, {}, 1.0
-        if saved:
-            near = [(b, 1) for b in (max(2, base // 2), base, 2 * base) if f"{b}x1" in saved]
-            self.scale = statistics.median(saved[f"{m}x{a}"] / self.seconds(m, a) for m, a in near)
-            self.cache = {tuple(map(int, k.split("x"))): v for k, v in saved.items()}
+    def __init__(self, spec):
+        self.spec, self.cache = spec, {}
 
     def seconds(self, micro: int, accumulation: int) -> float:
         key = (micro, accumulation)
@@ -115,7 +108,7 @@ class Clock:
                     _step(self.spec, model, opt, batch, micro, accumulation)
                     if i:
                         times.append(time.thread_time() - began)
-            self.cache[key] = min(times) * self.scale
+            self.cache[key] = min(times)
         return self.cache[key]
 
 
@@ -190,10 +183,8 @@ def rerun_advice(name: str, cfg: dict, saved: dict) -> dict:
     module = sys.modules[spec.build_model.__module__]
     torch.manual_seed(1234)
     val = module.validation_batch(VAL_EXAMPLES)
-    settings = {k: s for k, s in saved["settings"].items() if not k.startswith("(a")}
-    kept = {f"{s['micro_batch']}x{s['accumulation_steps']}" for s in settings.values()}  # an earlier advice's is not
-    clock = Clock(spec, {k: v for k, v in saved["step_seconds"].items() if k in kept}, saved["base_batch"])
-    target = saved["target"]
+    clock, target = Clock(spec), saved["target"]
+    settings = {k: _recounted(s, clock) for k, s in saved["settings"].items() if not k.startswith("(a")}
     rec = recommend(cfg["file"], ["--target-loss", str(target)])
     advice = _advice_settings(rec)
     cap = CAP * settings["(c) base"]["run"]["examples"]
@@ -201,7 +192,20 @@ def rerun_advice(name: str, cfg: dict, saved: dict) -> dict:
         s["run"] = train(spec, s, target, val, cfg["eval_examples"], cap, clock)
         print(f"  {label}: {s['run']['status']} {s['run']['steps']} steps {s['run']['seconds']:.2f} s", file=sys.stderr)
     return {**saved, "recommend": rec, "settings": {**advice, **settings},
-            "step_seconds": {f"{m}x{a}": t for (m, a), t in clock.cache.items()}}
+            "step_seconds": {f"{m}x{a}": t for (m, a), t in clock.cache.items()},
+            "best_grid": min((k for k, s in settings.items() if k.startswith("grid") and s["run"]["status"] == "reached"),
+                             key=lambda k: settings[k]["run"]["seconds"])}
+
+
+def _recounted(setting: dict, clock: Clock) -> dict:
+    """A saved fixed setting's run counted again on this run's clock: its steps are kept, their time is
+    steps x the batch's step time measured now, so every setting of a rerun is counted on one clock (thread
+    CPU time still moves with the machine: shared caches and cores; a saved figure beside a new one moved
+    the ratio by up to 15%)."""
+    per_step = clock.seconds(setting["micro_batch"], setting["accumulation_steps"])
+    run = setting["run"]
+    return {**setting, "run": {**run, "seconds": run["steps"] * per_step,
+                               "curve": [(step, step * per_step, v) for step, _, v in run["curve"]]}}
 
 
 def _advice_settings(rec: dict) -> dict:
