@@ -33,10 +33,12 @@ class StepTracer:
     def __init__(self, spec: ModelSpec, fake: bool = True, seed: int = 0, smallest: int = 1,
                  batch_on_host: bool = True, build_fake: bool = False,
                  prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                 configure: Callable[[torch.optim.Optimizer], None] | None = None,
                  around_step: Callable[[], Any] | None = None):
         """`batch_on_host`: the step holds the batch as `batch()` made it (CPU), so fake batches keep its
         layout; False where the step holds a copy on a device, one compact tensor each (CUDA, profiles).
         `prepare(model)`: applied to the fake model before its optimizer is built (sharding);
+        `configure(optimizer)`: applied to the optimizer once built (the implementation a device picks);
         `around_step()`: a context manager entered around every traced step (an attention backend)."""
         self.spec, self.fake, self.built_fake = spec, fake, fake and build_fake
         self.around_step = around_step or contextlib.nullcontext
@@ -56,6 +58,8 @@ class StepTracer:
                 self.model = prepare(self.model)
         with self.mode if fake else contextlib.nullcontext():
             self.opt = spec.optimizer(self.model)
+        if configure is not None:
+            configure(self.opt)
         self.tracker = LiveStorageTracker()
         self.tracker.track(local_tensors(self.model.parameters()))
         self.tracker.track(local_tensors(self.model.buffers()))
@@ -94,11 +98,15 @@ class StepTracer:
     def _traced(self, batch_size: int, make_batch: Callable[[], Any]) -> int:
         try:
             with self._modes():
-                batches = [make_batch() for _ in range(micro_batches_traced(self.spec))]
+                micro = micro_batches_traced(self.spec)
+                batch = make_batch() if micro == 1 else None
                 self.tracker.reset_peak()
                 with self.around_step():
-                    accumulated_step(self.model, self.opt, self.spec.loss, batches)
-                del batches
+                    if micro == 1:
+                        train_step(self.model, self.opt, self.spec.loss, batch)
+                    else:
+                        accumulated_step(self.model, self.opt, self.spec.loss, make_batch, micro)
+                del batch
         except (KeyboardInterrupt, MemoryError, BadInput):
             raise
         except Exception as exc:
@@ -134,14 +142,18 @@ def micro_batches_traced(spec: ModelSpec) -> int:
     return min(spec.accumulation_steps, 2)
 
 
-def accumulated_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, batches: list) -> None:
-    """The training step with gradient accumulation over `batches` (one batch: the usual step)."""
-    if len(batches) == 1:
-        train_step(model, opt, loss_fn, batches[0])
-        return
+def accumulated_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, make_batch: Callable[[], Any],
+                     micro_batches: int) -> None:
+    """The step with gradient accumulation: each micro-batch made as a loader hands it over (the one before it
+    dropped), its backward pass adding into the gradients; the optimizer steps with the last one and its loss
+    still in hand, as `for b in loader: loss = ...; loss.backward(); if last: opt.step()` holds them."""
     opt.zero_grad(set_to_none=True)
-    for batch in batches:
-        (loss_fn(model, batch) / len(batches)).backward()
+    batch = value = None
+    for _ in range(micro_batches):
+        batch = value = None  # the previous micro-batch is gone before the next is made
+        batch = make_batch()
+        value = loss_fn(model, batch) / micro_batches
+        value.backward()
     opt.step()
 
 
@@ -219,5 +231,9 @@ def _make_fake(model: torch.nn.Module, mode: FakeTensorMode) -> None:
 
 def release_trace_caches() -> None:
     """FakeTensorMode's dispatch cache is class-wide and keyed by shapes, so it grows with every new
-    batch size traced; a long-lived process (many runs, the soak) drops it after each run."""
+    batch size traced; a long-lived process (many runs, the soak) drops it after each run, and the fake
+    process group a sharded trace made."""
     FakeTensorMode.cache_clear()
+    from advisor.memory import shard
+
+    shard.release()

@@ -55,7 +55,9 @@ class LiveStorageTracker(TorchDispatchMode):
     def _track(self, tensor: torch.Tensor) -> None:
         if is_traceable_wrapper_subclass(tensor):  # a DTensor (sharded parameters): what it wraps holds the bytes
             for name in tensor.__tensor_flatten__()[0]:
-                self._track(getattr(tensor, name))
+                inner = getattr(tensor, name)
+                if isinstance(inner, torch.Tensor):  # DTensor also lists its device mesh
+                    self._track(inner)
             return
         storage = tensor.untyped_storage()
         key = id(storage)
