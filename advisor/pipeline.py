@@ -151,7 +151,7 @@ class Advisor:
     def _held_to_real_steps(self, tracer: StepTracer):
         """On the CPU, the fake trace against real steps at the smallest batches (fidelity.py). Where the real
         step holds more, the trace is corrected by the gap and real steps confirm the boundary."""
-        fidelity, _ = hold_to_real_steps(self.spec, self.settings.seed, self.smallest, build_fake=False)
+        fidelity, _ = hold_to_real_steps(self.spec, self.settings.seed, self.smallest, build_fake=False, fake=tracer)
         if not fidelity.checked or fidelity.gap(self.smallest) == 0 and fidelity.gap(2 * self.smallest) == 0:
             return tracer, None
         self.report.notes.append(f"the fake trace held less than real CPU steps ({fidelity.describe()}): the trace is "

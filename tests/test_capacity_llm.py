@@ -18,6 +18,7 @@ from advisor.memory.attention import gpu_backend
 from advisor.memory.cuda_overheads import DEFAULT_WORKSPACE, HOPPER_WORKSPACE, cublas_workspace, device_terms
 from advisor.memory.fidelity import hold_to_real_steps
 from advisor.memory.max_batch import CONFIRMED_ON_CPU, find_max_batch
+from advisor.memory.shard import fully_sharded, release
 from advisor.memory.trace import StepTracer
 from advisor.memory.tracker import LiveStorageTracker
 from advisor.spec import load_spec
@@ -107,7 +108,7 @@ import torch.nn as nn
 
 class M(nn.Module):
     def __init__(s):
-        super().__init__(); s.e = nn.Embedding(64, 16); s.r = nn.%s(16, 32, num_layers=2, batch_first=True)
+        super().__init__(); s.e = nn.Embedding(64, 16); s.r = nn.LSTM(16, 32, batch_first=True)
         s.o = nn.Linear(32, 64)
     def forward(s, x):
         return s.o(s.r(s.e(x))[0])
@@ -116,18 +117,17 @@ def model():
     return M()
 
 def batch(n):
-    r = torch.randint(0, 64, (n, 13)); return r[:, :-1], r[:, 1:]
+    r = torch.randint(0, 64, (n, 9)); return r[:, :-1], r[:, 1:]
 """
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_recurrent_largest_batch_is_never_above_what_trains(write_model, kind):
+def test_lstm_largest_batch_is_never_above_what_trains(write_model):
     """The LSTM language model came out 3.5x over before the fake kernel's workspace was mended."""
-    spec = load_spec(write_model(LSTM_LM % kind))
+    spec = load_spec(write_model(LSTM_LM))
     real = StepTracer(spec, fake=False)
-    budget = real.peak(1) + 100 * (real.peak(9) - real.peak(8))
+    budget = real.peak(1) + 60 * (real.peak(9) - real.peak(8))
     result = find_max_batch(spec, Budget(budget, "test"), margin=0.1)
-    lo, hi = 1, 512
+    lo, hi = 1, 256
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if real.peak(mid) <= budget else (lo, mid)
@@ -181,7 +181,7 @@ import torch.nn as nn
 class M(nn.Module):
     def __init__(s):
         super().__init__(); s.e = nn.Embedding(256, 128)
-        s.layers = nn.ModuleList(nn.Sequential(nn.Linear(128, 512), nn.GELU(), nn.Linear(512, 128)) for _ in range(6))
+        s.layers = nn.ModuleList(nn.Sequential(nn.Linear(128, 512), nn.GELU(), nn.Linear(512, 128)) for _ in range(4))
         s.o = nn.Linear(128, 256)
     def forward(s, x):
         h = s.e(x)
@@ -199,19 +199,24 @@ def batch(n):
 
 def test_shard_traces_one_gpu_of_n_under_fsdp2(write_model):
     path = write_model(BLOCKS)
-    params = sum(p.numel() for p in load_spec(path).model().parameters()) * 4
+    spec = load_spec(path)
+    params = sum(p.numel() for p in spec.model().parameters()) * 4
     states = 4 * params  # weights, gradients, AdamW's two moments, float32
     unit = (128 * 512 * 2 + 512 + 128) * 4  # one block, the largest unit FSDP gathers
     root = (256 * 128 * 2 + 256) * 4          # embedding and head: the root unit, gathered for the whole step
-    _, whole = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "2")
     n = 4
+    try:
+        unsharded = StepTracer(spec, build_fake=True, batch_on_host=False).peak(2)
+        sharded = StepTracer(spec, build_fake=True, batch_on_host=False, prepare=fully_sharded(n)).peak(2)
+    finally:
+        release()
+    assert states / n <= sharded < unsharded
+    assert unsharded - sharded >= (1 - 1 / n) * states - 3 * unit - 2 * root
+
     result, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "2", "--shard", n)
     assert result.exit_code == 0, result.output
     assert doc["shard"] == n and "FSDP2" in doc["method"]
     assert any(t["name"] == "nccl_buffers" for t in doc["terms"])
-    sharded, unsharded = doc["traced_peak_bytes"], whole["traced_peak_bytes"]
-    assert states / n <= sharded < unsharded
-    assert unsharded - sharded >= (1 - 1 / n) * states - 3 * unit - 2 * root
 
 
 def test_shard_needs_a_profile_and_two_or_more_gpus(write_model):
@@ -244,7 +249,7 @@ GPT = """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-T = 256
+T = 128
 
 class M(nn.Module):
     def __init__(s):
@@ -272,7 +277,7 @@ def test_attention_is_traced_as_the_profiled_gpu_runs_it(write_model):
     _, flash = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "4")
     _, math_ = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "4", "--attention", "math")
     assert "flash" in flash["method"] and any("flash" in n for n in flash["notes"])
-    scores = 4 * 4 * 256 * 256 * 2  # B·H·L² bfloat16 weights the math path keeps (its dropout mask beside them)
+    scores = 4 * 4 * 128 * 128 * 2  # B·H·L² bfloat16 weights the math path keeps (its dropout mask beside them)
     assert math_["traced_peak_bytes"] - flash["traced_peak_bytes"] >= scores
     _, cpu_profile = check(path, "--profile", write_cpu_profile(path.parent), "--batch-size", "4")
     assert "flash" not in cpu_profile["method"]  # a CPU profile runs the CPU's own kernels

@@ -55,22 +55,32 @@ def real_step_limit() -> int:
 
 
 def hold_to_real_steps(spec: ModelSpec, seed: int, smallest: int, build_fake: bool,
-                       contract: Callable[[], int] | None = None) -> tuple[Fidelity, int]:
+                       contract: Callable[[], int] | None = None, fake: StepTracer | None = None,
+                       configure: Callable | None = None) -> tuple[Fidelity, int]:
     """The fake trace (CPU kernels, compact batches) against real CPU steps at the smallest batch and twice
     it, when a real step at twice it is affordable here; `contract()`, the real contract check, runs first
-    and says the smallest batch that trains. Returns the comparison (or why none ran) and that batch."""
-    fake = StepTracer(spec, fake=True, seed=seed, smallest=smallest, build_fake=build_fake, batch_on_host=False)
+    and says the smallest batch that trains. `fake`: a tracer already built that runs the CPU's kernels (else
+    one is built); `configure`: what was applied to its optimizer, applied to the real one too. Returns the
+    comparison (or why none ran) and the smallest batch."""
+    if fake is None:
+        fake = StepTracer(spec, fake=True, seed=seed, smallest=smallest, build_fake=build_fake, batch_on_host=False)
     cost, limit = fake.peak(2 * smallest), real_step_limit()
     if cost > limit:
         return Fidelity(skipped=f"a step at batch {2 * smallest} holds {format_bytes(cost)} as traced, more than "
                                 f"the {format_bytes(limit)} a check spends on real steps here"), smallest
     if contract is not None:
         smallest = contract()
-    real = StepTracer(spec, fake=False, seed=seed, smallest=smallest)
+    real = StepTracer(spec, fake=False, seed=seed, smallest=smallest, configure=configure)
     points = {}
+    host = [where is not None for where in fake.layout]
     for size in (smallest, 2 * smallest):
-        drawn = spec.batch(size)  # the same batch on both sides, compact on both
-        points[size] = (fake.peak_like(drawn), real.peak_like(drawn))
+        if fake.shapes_vary or (any(host) and not all(host)):  # the same drawn batch on both sides, compact
+            drawn = spec.batch(size)
+            points[size] = (fake.peak_like(drawn), real.peak_like(drawn))
+        elif all(host):  # batch() as the host holds it, on both sides (the fake trace's peaks are reused)
+            points[size] = (fake.peak(size), real.peak(size))
+        else:  # one compact copy a tensor, as a device holds it
+            points[size] = (fake.peak(size), real.peak_like(spec.batch(size)))
     return Fidelity(points), smallest
 
 

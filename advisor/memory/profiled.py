@@ -116,8 +116,13 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
         build["prepare"] = None
         tracer, smallest, built_fake = _fake_built(spec, build, notes)
         shard_method = f"one rank of {shard}: estimated arithmetically from the unsharded trace"
-    # where affordable, the thorough contract check too: finite loss, gradients that are not all zero
-    fidelity, smallest = hold_to_real_steps(spec, seed, smallest, built_fake, contract=lambda: check_contract(spec))
+    # where affordable, the thorough contract check too: finite loss, gradients that are not all zero. The
+    # tracer itself is compared where it ran the CPU's own kernels (no GPU attention, no sharding)
+    same_kernels = shard is None and not (gpu_attention is not None and gpu_attention.used) \
+        and tracer.prepare is None
+    fidelity, smallest = hold_to_real_steps(spec, seed, smallest, built_fake, contract=lambda: check_contract(spec),
+                                            fake=tracer if same_kernels else None,
+                                            configure=build["configure"] if same_kernels else None)
     if fidelity.checked:
         if not fidelity.exact and any(real > fake for fake, real in fidelity.points.values()):
             notes.append(f"the fake trace held less than real CPU steps ({fidelity.describe()}): every traced "

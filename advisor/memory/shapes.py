@@ -16,7 +16,7 @@ import torch
 from advisor.spec import ModelSpec
 from advisor.step import map_tensors, tensors_in
 
-DRAW_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # times the smallest batch
+DRAW_SIZES = (1, 2, 8, 32, 128)  # times the smallest batch
 DRAW_BYTES = 64 * 2**20  # no draw past a batch of this many bytes: the shapes, not the data, are wanted
 
 

@@ -23,6 +23,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from advisor.errors import BadInput, ProbeFailed
+from advisor.memory.library_shims import as_real_training
 from advisor.memory.shapes import batch_shapes
 from advisor.memory.tracker import LiveStorageTracker
 from advisor.spec import ModelSpec, one_line
@@ -40,7 +41,7 @@ class StepTracer:
         `prepare(model)`: applied to the fake model before its optimizer is built (sharding);
         `configure(optimizer)`: applied to the optimizer once built (the implementation a device picks);
         `around_step()`: a context manager entered around every traced step (an attention backend)."""
-        self.spec, self.fake, self.built_fake = spec, fake, fake and build_fake
+        self.spec, self.fake, self.built_fake, self.prepare = spec, fake, fake and build_fake, prepare
         self.around_step = around_step or contextlib.nullcontext
         torch.manual_seed(seed)
         shapes = batch_shapes(spec, smallest) if fake else None
@@ -60,6 +61,8 @@ class StepTracer:
             self.opt = spec.optimizer(self.model)
         if configure is not None:
             configure(self.opt)
+        self._traced_peaks: dict[int, tuple[int, int]] = {}  # fake traces: batch -> (peak, rounded peak)
+        self.peak_rounded = 0  # the last peak asked for, each allocation rounded up as CUDA's allocator does
         self.tracker = LiveStorageTracker()
         self.tracker.track(local_tensors(self.model.parameters()))
         self.tracker.track(local_tensors(self.model.buffers()))
@@ -84,8 +87,15 @@ class StepTracer:
 
     def peak(self, batch_size: int) -> int:
         """Peak bytes live during one steady-state step at `batch_size`: parameters, buffers,
-        gradients, optimizer state, the batch, activations and temporaries."""
-        return self._traced(batch_size, lambda: self._batch(batch_size))
+        gradients, optimizer state, the batch, activations and temporaries. A fake trace is the same at
+        the same batch every time, so each is traced once."""
+        if batch_size not in self._traced_peaks:
+            exact = self._traced(batch_size, lambda: self._batch(batch_size))
+            if not self.fake:
+                return exact
+            self._traced_peaks[batch_size] = (exact, self.tracker.peak_rounded)
+        exact, self.peak_rounded = self._traced_peaks[batch_size]
+        return exact
 
     def peak_like(self, batch: Any) -> int:
         """The peak of a step on `batch` (real steps) or on compact fake tensors of its shapes (fake ones)."""
@@ -107,6 +117,7 @@ class StepTracer:
                     else:
                         accumulated_step(self.model, self.opt, self.spec.loss, make_batch, micro)
                 del batch
+            self.peak_rounded = self.tracker.peak_rounded
         except (KeyboardInterrupt, MemoryError, BadInput):
             raise
         except Exception as exc:
@@ -115,14 +126,10 @@ class StepTracer:
                               f"{type(exc).__name__}: {one_line(exc)}") from exc
         return self.tracker.peak_bytes
 
-    @property
-    def peak_rounded(self) -> int:
-        """The last step's peak with each allocation rounded up as CUDA's caching allocator rounds it."""
-        return self.tracker.peak_rounded
-
     def _modes(self):
         stack = contextlib.ExitStack()
         if self.mode is not None:
+            stack.enter_context(as_real_training())
             stack.enter_context(self.mode)
         stack.enter_context(self.tracker)
         return stack

@@ -4,7 +4,7 @@ The architecture of Llama 3 as Hugging Face's `LlamaForCausalLM` computes it (mo
 embedding; per layer RMSNorm -> grouped-query attention with rotary embeddings (SDPA, causal) -> residual,
 RMSNorm -> SwiGLU MLP -> residual; final RMSNorm; an untied LM head; the loss is cross-entropy on logits
 upcast to float32, as its `ForCausalLMLoss` does. `lora_rank` adds LoRA adapters (A: r x in, B: out x r,
-as PEFT's `lora.Linear`) to the attention projections and freezes every base weight;
+as PEFT's `lora.Linear`) to the attention projections named in `lora_targets` and freezes every base weight;
 `gradient_checkpointing` recomputes each layer in the backward pass (`torch.utils.checkpoint`,
 non-reentrant, as `gradient_checkpointing_enable()` does in recent transformers).
 
@@ -33,8 +33,9 @@ class LlamaConfig:
     rope_theta: float = 500000.0
     rms_norm_eps: float = 1e-5
     dtype: torch.dtype = torch.bfloat16
-    lora_rank: int = 0            # 0: full fine-tune; r > 0: LoRA adapters on q, k, v, o, base frozen
+    lora_rank: int = 0            # 0: full fine-tune; r > 0: LoRA adapters on lora_targets, base frozen
     lora_alpha: float = 32.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     gradient_checkpointing: bool = False
 
     @property
@@ -87,11 +88,12 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
 
-        def linear(out):
-            layer = nn.Linear(c.hidden_size, out, bias=False, dtype=c.dtype)
-            return LoRALinear(layer, c.lora_rank, c.lora_alpha) if c.lora_rank else layer
-        self.q_proj, self.k_proj = linear(self.heads * self.head_dim), linear(self.kv_heads * self.head_dim)
-        self.v_proj, self.o_proj = linear(self.kv_heads * self.head_dim), linear(c.hidden_size)
+        def linear(name, inputs, out):
+            layer = nn.Linear(inputs, out, bias=False, dtype=c.dtype)
+            return LoRALinear(layer, c.lora_rank, c.lora_alpha) if c.lora_rank and name in c.lora_targets else layer
+        h, q, kv = c.hidden_size, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        self.q_proj, self.k_proj = linear("q_proj", h, q), linear("k_proj", h, kv)
+        self.v_proj, self.o_proj = linear("v_proj", h, kv), linear("o_proj", q, h)
 
     def forward(self, x, cos, sin):
         b, t, _ = x.shape
@@ -141,12 +143,8 @@ class LlamaForCausalLM(nn.Module):
         inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float32) / c.head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         if c.lora_rank:
-            for p in (*self.embed_tokens.parameters(), *self.lm_head.parameters(), *self.norm.parameters()):
-                p.requires_grad_(False)
-            for layer in self.layers:
-                for p in (*layer.mlp.parameters(), *layer.input_layernorm.parameters(),
-                          *layer.post_attention_layernorm.parameters()):
-                    p.requires_grad_(False)
+            for name, p in self.named_parameters():  # only the adapters train
+                p.requires_grad_(".lora_" in name)
 
     def rotary(self, t: int, dtype: torch.dtype):
         freqs = torch.outer(torch.arange(t, dtype=torch.float32), self.inv_freq)
@@ -183,6 +181,12 @@ def token_batch(c: LlamaConfig, size: int, tokens: int):
 
 def lm_loss(model, batch):
     return model(**batch)
+
+
+def contract(config: LlamaConfig, tokens: int, optimizer):
+    """A model file's model, batch, loss and optimizer for `config` at `tokens` tokens an example (random ids
+    stand in for data: memory depends on the shapes, not the values)."""
+    return (lambda: LlamaForCausalLM(config), lambda size: token_batch(config, size, tokens), lm_loss, optimizer)
 
 
 assert math.isclose(parameter_count(LLAMA3_8B) / 1e9, 8.03, abs_tol=0.01)

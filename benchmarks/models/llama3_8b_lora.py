@@ -3,22 +3,7 @@ bf16, AdamW over the adapters, 2048 tokens an example. A bsadvisor model file fo
 import dataclasses
 
 import torch
-from llama import LLAMA3_8B, LlamaForCausalLM, lm_loss, token_batch
+from llama import LLAMA3_8B, contract
 
-TOKENS = 2048
-CONFIG = dataclasses.replace(LLAMA3_8B, lora_rank=16)
-
-
-def model():
-    return LlamaForCausalLM(CONFIG)
-
-
-def batch(size):
-    return token_batch(CONFIG, size, TOKENS)
-
-
-loss = lm_loss
-
-
-def optimizer(params):
-    return torch.optim.AdamW(params, lr=2e-4)
+model, batch, loss, optimizer = contract(dataclasses.replace(LLAMA3_8B, lora_rank=16), 2048,
+                                         lambda params: torch.optim.AdamW(params, lr=2e-4))
