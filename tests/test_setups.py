@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 DTYPE = torch.float32
 CHECKPOINT = None   # None, "reentrant", "non-reentrant"
 LORA = False
+BLOCKS = 1
 
 class LoRA(nn.Module):
     def __init__(s, base, r=4):
@@ -46,7 +47,7 @@ class Block(nn.Module):
 
 class M(nn.Module):
     def __init__(s):
-        super().__init__(); s.e = nn.Embedding(64, 32, dtype=DTYPE); s.blocks = nn.ModuleList(Block() for _ in range(1))
+        super().__init__(); s.e = nn.Embedding(64, 32, dtype=DTYPE); s.blocks = nn.ModuleList(Block() for _ in range(BLOCKS))
         s.head = nn.Linear(32, 64, dtype=DTYPE)
         if LORA:
             s.e.requires_grad_(False); s.head.requires_grad_(False)
@@ -136,9 +137,12 @@ def test_setup_traced_as_real_steps_run(write_model, name):
 
 
 def test_each_setup_changes_the_peak_it_should(write_model):
-    """Not a no-op: each set-up moves the peak the way it moves real memory."""
-    plain = real_peak(load_spec(write_model(BLOCK, "plain.py")), 6)
-    peaks = {name: real_peak(load_spec(write_model(variant(name), f"{name.replace('-', '_')}.py")), 6)
+    """Not a no-op: each set-up moves the peak the way it moves real memory (four blocks: checkpointing
+    pays where there is more than one block to recompute)."""
+    deep = BLOCK.replace("BLOCKS = 1", "BLOCKS = 4")
+    plain = real_peak(load_spec(write_model(deep, "plain.py")), 6)
+    peaks = {name: real_peak(load_spec(write_model(variant(name).replace("BLOCKS = 1", "BLOCKS = 4"),
+                                                   f"{name.replace('-', '_')}.py")), 6)
              for name in ("bf16-weights", "checkpoint-non-reentrant", "accumulation-4", "autocast-bf16")}
     assert len(set(peaks.values()) | {plain}) == 5
     assert peaks["bf16-weights"] < plain and peaks["checkpoint-non-reentrant"] < plain

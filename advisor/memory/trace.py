@@ -67,7 +67,8 @@ class StepTracer:
         self.tracker.track(local_tensors(self.model.parameters()))
         self.tracker.track(local_tensors(self.model.buffers()))
         self.tracker.track(local_tensors(optimizer_state(self.opt)))  # made by the constructor (Adagrad)
-        self.peak(smallest)  # the first step creates the optimizer's state; every later step is steady-state
+        # the first step creates the optimizer's state (not a steady-state peak: not kept); every later step is
+        self._traced(smallest, lambda: self._batch(smallest))
 
     def _build_model(self) -> torch.nn.Module:
         if not self.fake:
