@@ -117,9 +117,9 @@ class Advisor:
         if self.report.memory is None:
             self.progress("tracing peak memory")(0, 1)
             budget = self._budget()  # before this process's first CUDA work: the context is measured against it
-            real = None
+            real = profiled = None
             if self.settings.profile is not None:  # another device: nothing the size of the model is built here
-                self._tracer = trace_for_profile(self.spec, self.settings.profile, self.settings.seed,
+                self._tracer = profiled = trace_for_profile(self.spec, self.settings.profile, self.settings.seed,
                                                  self.settings.shard, self.settings.attention)
                 self._smallest = self._smallest or self._tracer.smallest
                 self.report.notes.extend(self._tracer.notes)
@@ -134,6 +134,10 @@ class Advisor:
                 real = RealSteps(self.spec, self.backend, seed=self.settings.seed, smallest=self.smallest)
             self.report.memory = find_max_batch(self.spec, budget, self.settings.margin, tracer=self._tracer,
                                                 smallest=self.smallest, real=real)
+            if profiled is not None:  # how the profiled device's step was traced, and its CUDA terms
+                terms = ", ".join(t.name for t in profiled.terms(self.smallest)[1:])
+                self.report.memory = replace(self.report.memory, method=profiled.method + (
+                    f"; plus {terms}" if terms else ""))
             if isinstance(self._tracer, WithBuckets):
                 self.report.memory = replace(self.report.memory, method=self.report.memory.method + (
                     f"; per rank, plus DistributedDataParallel's gradient buckets ({self._tracer.extra} bytes, "

@@ -8,8 +8,9 @@
    `/usr/bin/time -v` (wall time and peak resident memory of the whole command, interpreter start included),
    with the load average beside it: TinyLlama-1.1B and Llama-3-8B (full fine-tune, AdamW, bf16, 2048
    tokens), Llama-3-8B with LoRA, Llama-3-8B with `--shard 8`, Llama-3-8B with gradient checkpointing (with
-   and without `--shard 8`), and, where `transformers` is installed, transformers' own LlamaForCausalLM
-   built from a Llama-3-8B config (no download).
+   and without `--shard 8`), the LoRA set-up torchtune publishes a peak for, and, where `transformers` is
+   installed, transformers' own LlamaForCausalLM built from a Llama-3-8B config and GPT-2 small against
+   a100-sxm-40gb (no download).
 2. Tracing cost: seconds a traced step takes against the operators it dispatches, for TinyLlama, Llama-3-8B
    and Llama-3-8B at half depth, each at batch 1 and 16: the cost follows the operator count, not the
    parameters or the batch.
@@ -57,7 +58,10 @@ CHECKS = [  # (label, model file, extra flags); batch 1 unless --batch-size is a
     ("Llama-3-8B (transformers LlamaForCausalLM), full fine-tune", "llama3_8b_hf.py", []),
     ("Llama-3.1-8B, LoRA as torchtune's 8B_lora_single_device (batch 2)", "llama3_8b_torchtune_lora.py",
      ["--batch-size", "2"]),
+    ("GPT-2 small (transformers GPT2LMHeadModel), 1024 tokens, on a100-sxm-40gb", "gpt2_small_hf.py",
+     ["--profile", "a100-sxm-40gb"]),
 ]
+NEEDS_TRANSFORMERS = ("llama3_8b_hf.py", "gpt2_small_hf.py")
 QUICK_CHECKS = CHECKS[:1]
 
 # torchtune README at commit 30b8519e8 (2024-09-24, "Readme Updates (#1664)"), "Memory and training speed":
@@ -82,8 +86,8 @@ def run_check(model: str, flags: list[str]) -> dict:
     """One `bsadvisor check` process under /usr/bin/time -v: its JSON, wall time, peak RSS, load before/after."""
     exe = Path(sys.executable).with_name("bsadvisor")
     batch = [] if "--batch-size" in flags else ["--batch-size", "1"]
-    command = ["/usr/bin/time", "-v", str(exe), "check", str(MODELS / model), "--profile", PROFILE,
-               *batch, *flags, "--json"]
+    profile = [] if "--profile" in flags else ["--profile", PROFILE]
+    command = ["/usr/bin/time", "-v", str(exe), "check", str(MODELS / model), *profile, *batch, *flags, "--json"]
     load_before = load_average()
     done = subprocess.run(command, capture_output=True, text=True, cwd=common.REPO)
     timing = done.stderr
@@ -191,7 +195,7 @@ def run(quick: bool) -> dict:
 
     checks = []
     for label, model, flags in (QUICK_CHECKS if quick else CHECKS):
-        if model == "llama3_8b_hf.py" and not _has("transformers"):
+        if model in NEEDS_TRANSFORMERS and not _has("transformers"):
             checks.append({"label": label, "skipped": "transformers is not installed"})
             continue
         print(f"check: {label} ...", file=sys.stderr, flush=True)
@@ -226,7 +230,7 @@ def markdown(data: dict) -> str:
                      str(doc.get("max_batch", "-")),
                      {0: "fits", 1: "does not fit"}.get(c["exit"], f"exit {c['exit']}") + f" (batch {doc.get('batch_size')})",
                      f"{c['load_before']:.2f} / {c['load_after']:.2f}"])
-    lines.append(common.table(["model", "wall time", "peak RSS", "peak on one H100 (estimated)", "largest batch",
+    lines.append(common.table(["model", "wall time", "peak RSS", "peak on one GPU (estimated)", "largest batch",
                                "verdict", "load before / after"], rows))
     by_label = {c["label"]: c for c in data["checks"] if "doc" in c and c["doc"]}
     full, shard = by_label.get("Llama-3-8B, full fine-tune"), by_label.get("Llama-3-8B, full fine-tune, --shard 8")
@@ -247,7 +251,7 @@ def markdown(data: dict) -> str:
     lines += ["", "Estimates beside each other (batch 1; bsadvisor's is check's peak_bytes on the profile):", ""]
     rows = []
     for c in data["checks"]:
-        if "doc" not in c or not c["doc"] or "--shard" in c["flags"]:
+        if "doc" not in c or not c["doc"] or "--shard" in c["flags"] or "GPT-2" in c["label"]:
             continue
         shape = "TinyLlama-1.1B" if "TinyLlama" in c["label"] else "Llama-3-8B"
         e = data["estimates"].get(shape)

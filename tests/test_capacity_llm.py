@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from advisor.cli import app
 from advisor.device import Budget
 from advisor.hardware.profiles import load
-from advisor.memory.attention import gpu_backend
+from advisor.memory.attention import GpuAttention, gpu_backend
 from advisor.memory.cuda_overheads import DEFAULT_WORKSPACE, HOPPER_WORKSPACE, cublas_workspace, device_terms
 from advisor.memory.fidelity import hold_to_real_steps
 from advisor.memory.max_batch import CONFIRMED_ON_CPU, find_max_batch
@@ -219,6 +219,28 @@ def test_shard_traces_one_gpu_of_n_under_fsdp2(write_model):
     assert any(t["name"] == "nccl_buffers" for t in doc["terms"])
 
 
+def test_where_fsdp2_cannot_shard_the_model_the_estimate_is_arithmetic_and_says_so(write_model, monkeypatch):
+    import torch.distributed.fsdp as fsdp
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot shard this")
+
+    monkeypatch.setattr(fsdp, "fully_shard", refuse)
+    path = write_model(BLOCKS)
+    result, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "2", "--shard", "4")
+    assert result.exit_code == 0, result.output
+    term = next(t for t in doc["terms"] if t["name"] == "sharded_model_states")
+    assert term["bytes"] < 0 and "arithmetically" in term["source"] and "arithmetically" in doc["method"]
+    assert any("arithmetic estimate" in n and "cannot shard this" in n for n in doc["notes"])
+    params = list(load_spec(path).model().parameters())
+    states = 4 * 4 * sum(p.numel() for p in params) + 4 * len(params)  # float32 AdamW: moments and a step count each
+    assert term["bytes"] == -round(states * 3 / 4)  # the unsharded trace, less 3/4 of the model states
+    # max-batch takes --shard the same way (and recommend, whose memory limit is max-batch's)
+    result = CliRunner().invoke(app, ["max-batch", str(path), "--profile", "a100-sxm-40gb", "--shard", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "one rank of 4" in json.loads(result.stdout)["memory"]["method"]
+
+
 def test_shard_needs_a_profile_and_two_or_more_gpus(write_model):
     path = write_model(BLOCKS)
     for args, fragment in ((["--profile", "t4-16gb", "--shard", "1"], "--shard"),
@@ -274,11 +296,16 @@ def loss(m, b):
 
 def test_attention_is_traced_as_the_profiled_gpu_runs_it(write_model):
     path = write_model(GPT)
-    _, flash = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "4")
-    _, math_ = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "4", "--attention", "math")
-    assert "flash" in flash["method"] and any("flash" in n for n in flash["notes"])
+    spec = load_spec(path)
+    peaks = {}
+    for backend in ("flash", "math"):
+        kernel = GpuAttention(backend, (8, 0))
+        peaks[backend] = StepTracer(spec, build_fake=True, batch_on_host=False, around_step=lambda k=kernel: k).peak(4)
+        assert kernel.used == {backend: 2}  # the warm-up step and this one
     scores = 4 * 4 * 128 * 128 * 2  # B·H·L² bfloat16 weights the math path keeps (its dropout mask beside them)
-    assert math_["traced_peak_bytes"] - flash["traced_peak_bytes"] >= scores
+    assert peaks["math"] - peaks["flash"] >= scores
+    _, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "4")
+    assert "flash" in doc["method"] and any("flash" in n for n in doc["notes"])  # chosen: bfloat16, head 16, A100
     _, cpu_profile = check(path, "--profile", write_cpu_profile(path.parent), "--batch-size", "4")
     assert "flash" not in cpu_profile["method"]  # a CPU profile runs the CPU's own kernels
 

@@ -118,8 +118,7 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
         shard_method = f"one rank of {shard}: estimated arithmetically from the unsharded trace"
     # where affordable, the thorough contract check too: finite loss, gradients that are not all zero. The
     # tracer itself is compared where it ran the CPU's own kernels (no GPU attention, no sharding)
-    same_kernels = shard is None and not (gpu_attention is not None and gpu_attention.used) \
-        and tracer.prepare is None
+    same_kernels = tracer.prepare is None and not (gpu_attention is not None and gpu_attention.used)
     fidelity, smallest = hold_to_real_steps(spec, seed, smallest, built_fake, contract=lambda: check_contract(spec),
                                             fake=tracer if same_kernels else None,
                                             configure=build["configure"] if same_kernels else None)
@@ -150,6 +149,8 @@ def _fake_built(spec: ModelSpec, build: dict, notes: list[str], fallback: bool =
     except (BadInput, MemoryError):
         raise
     except Exception as exc:  # a ProbeFailed from the trace, or the user's model() failing under the fake mode
+        if build.get("prepare") is not None:
+            raise  # sharding failed: the caller estimates the shards instead
         if not fallback:
             raise ProbeFailed(f"{spec.path}: not traceable with the model built under FakeTensorMode: "
                               f"{one_line(exc)}") from None
