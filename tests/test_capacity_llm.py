@@ -304,6 +304,13 @@ def test_attention_is_traced_as_the_profiled_gpu_runs_it(write_model):
         assert kernel.used == {backend: 2}  # the warm-up step and this one
     scores = 4 * 4 * 128 * 128 * 2  # B·H·L² bfloat16 weights the math path keeps (its dropout mask beside them)
     assert peaks["math"] - peaks["flash"] >= scores
+    # activation checkpointing recomputes the attention in the backward pass with the same kernel
+    checkpointed = load_spec(write_model(GPT.replace("        h = s.e(x); b = x.shape[0]\n", "        h = s.e(x); b = x.shape[0]\n"
+                                                     "        return torch.utils.checkpoint.checkpoint(s.rest, h, b, use_reentrant=False)\n"
+                                                     "    def rest(s, h, b):\n"), "checkpointed.py"))
+    kernel = GpuAttention("flash", (8, 0))
+    StepTracer(checkpointed, build_fake=True, batch_on_host=False, around_step=lambda: kernel).peak(4)
+    assert kernel.used == {"flash": 4}  # two steps, each a forward and a recomputation
     _, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "4")
     assert "flash" in doc["method"] and any("flash" in n for n in doc["notes"])  # chosen: bfloat16, head 16, A100
     _, cpu_profile = check(path, "--profile", write_cpu_profile(path.parent), "--batch-size", "4")

@@ -21,7 +21,7 @@ allocate inside (flash's backward accumulators) goes through no operator output 
 from collections import Counter
 
 import torch
-from torch.overrides import TorchFunctionMode
+import torch.nn.functional as F
 
 BACKENDS = ("auto", "flash", "efficient", "math")
 HALF = (torch.float16, torch.bfloat16)
@@ -39,20 +39,29 @@ def gpu_backend(capability: tuple[int, int] | None, dtype: torch.dtype, head_dim
     return "math"
 
 
-class GpuAttention(TorchFunctionMode):
-    """While active, every F.scaled_dot_product_attention runs the kernel a GPU would (`backend`, or chosen
-    per call from `capability` when it is "auto"); `used` counts the kernels that ran."""
+class GpuAttention:
+    """While entered, every `torch.nn.functional.scaled_dot_product_attention` call runs the kernel a GPU would
+    (`backend`, or chosen per call from `capability` when it is "auto"); `used` counts the kernels that ran.
+
+    The function is swapped in torch.nn.functional for the step (transformers, nn.MultiheadAttention and model
+    code call it from there), not intercepted by a TorchFunctionMode: a mode is off while its own handler
+    runs, and `loss.backward()` passes through that handler, so activation checkpointing would recompute
+    the attention with the CPU's kernel and find other tensors saved. A file that bound the function to a
+    name of its own at import keeps the CPU's."""
 
     def __init__(self, backend: str, capability: tuple[int, int] | None):
-        super().__init__()
         self.backend, self.capability = backend, capability
         self.used: Counter = Counter()
+        self._saved = None
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not torch._C._nn.scaled_dot_product_attention:
-            return func(*args, **kwargs)
-        return self._attention(*args, **kwargs)
+    def __enter__(self):
+        self._saved = F.scaled_dot_product_attention
+        F.scaled_dot_product_attention = self._attention
+        return self
+
+    def __exit__(self, *exc):
+        F.scaled_dot_product_attention = self._saved
+        return False
 
     def _attention(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                    enable_gqa=False):

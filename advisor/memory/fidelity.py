@@ -3,8 +3,9 @@
 The operator-family tests (tests/test_fidelity.py) show fake == real, byte for byte, for every family they
 cover; a user's model may use an operator none of them saw. So where a real CPU step at a small batch costs
 little (its traced peak at most REAL_STEP_LIMIT, and a quarter of the host's available memory), the fake
-trace is compared with real steps' tracked peak (LiveStorageTracker on real tensors) at two batch sizes, on
-the same batch drawn from `batch()` (compact on both sides, so that only the step differs). Where they
+trace is compared with real steps' tracked peak (LiveStorageTracker on real tensors) at two batch sizes, the
+batch held alike on both sides (as the trace lays it out; where batch()'s shapes vary, the same drawn batch,
+compact on both), so that only the step differs. Where they
 agree to the byte, the trace stands. Where the real step holds more, every traced peak is corrected by the
 gap, fitted as a line in the batch size through the two points (never below the larger gap seen, so a gap
 that does not grow is not fitted away), and a note says so; a CPU device then confirms the boundary with
@@ -46,8 +47,7 @@ class Fidelity:
         return max(0, g2, round(g2 + slope * (batch - b2)))
 
     def describe(self) -> str:
-        shown = "; ".join(f"batch {b}: fake {fake}, real {real} bytes" for b, (fake, real) in sorted(self.points.items()))
-        return shown
+        return "; ".join(f"batch {b}: fake {fake}, real {real} bytes" for b, (fake, real) in sorted(self.points.items()))
 
 
 def real_step_limit() -> int:
