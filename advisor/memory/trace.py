@@ -67,7 +67,8 @@ class StepTracer:
         self.tracker.track(local_tensors(self.model.parameters()))
         self.tracker.track(local_tensors(self.model.buffers()))
         self.tracker.track(local_tensors(optimizer_state(self.opt)))  # made by the constructor (Adagrad)
-        # the first step creates the optimizer's state (not a steady-state peak: not kept); every later step is
+        # the first step creates the optimizer's state, so its peak is not a steady state's and is not kept;
+        # every later step is steady-state
         self._traced(smallest, lambda: self._batch(smallest))
 
     def _build_model(self) -> torch.nn.Module:
