@@ -1,19 +1,22 @@
 """The CI capacity check: does batch N fit on a profiled device? No GPU needed.
 
-The peak of a steady-state step is traced under FakeTensorMode on the CPU (nothing like the batch is
-allocated) and compared with what the profile says tensors can use: total memory less the driver's
-reserve and the CUDA context, less the margin.
+The peak of a steady-state step is traced on the CPU with the model built under FakeTensorMode, as the
+profiled GPU runs it (advisor/memory/profiled.py), plus the CUDA terms a trace cannot see, and compared
+with what the profile says tensors can use: total memory less the driver's reserve and the CUDA context,
+less the margin.
 """
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from advisor.device import Budget
 from advisor.hardware.profiles import usable_bytes
+from advisor.memory.cuda_overheads import Term
+from advisor.memory.profiled import trace_for_profile
 from advisor.memory.search import largest_fitting_batch
-from advisor.memory.trace import StepTracer
-from advisor.spec import ModelSpec, check_contract
+from advisor.memory.trace import release_trace_caches
+from advisor.spec import ModelSpec
 
 
 def profile_budget(profile: dict) -> Budget:
@@ -32,6 +35,11 @@ class CapacityCheck:
     max_batch: int       # largest batch whose peak fits budget_bytes
     min_max_batch: int | None
     seconds: float
+    terms: list[Term] = field(default_factory=list)         # what peak_bytes is made of, each with its source
+    budget_terms: list[Term] = field(default_factory=list)  # how usable_bytes follows from the profile
+    shard: int | None = None
+    method: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
@@ -47,14 +55,19 @@ class CapacityCheck:
 
 
 def check_capacity(spec: ModelSpec, profile: dict, batch_size: int, margin: float,
-                   min_max_batch: int | None = None, seed: int = 0) -> CapacityCheck:
+                   min_max_batch: int | None = None, seed: int = 0, shard: int | None = None,
+                   attention: str | None = None) -> CapacityCheck:
     started = time.perf_counter()
-    smallest = check_contract(spec)
-    tracer = StepTracer(spec, fake=True, seed=seed, smallest=smallest, batch_on_host=False)  # a GPU's copy
-    usable = profile_budget(profile).bytes
-    budget = math.floor(usable * (1 - margin))
-    peaks: dict[int, int] = {}
-    search = largest_fitting_batch(tracer.peak, budget, peaks=peaks, smallest=smallest)
-    peak = peaks[batch_size] if batch_size in peaks else tracer.peak(batch_size)
-    return CapacityCheck(profile["name"], batch_size, peak, usable, budget, margin, search.max_batch,
-                         min_max_batch, time.perf_counter() - started)
+    try:
+        step = trace_for_profile(spec, profile, seed=seed, shard=shard, attention=attention)
+        usable = profile_budget(profile).bytes
+        budget = math.floor(usable * (1 - margin))
+        peaks: dict[int, int] = {}
+        search = largest_fitting_batch(step.peak, budget, peaks=peaks, smallest=step.smallest)
+        peak = peaks[batch_size] if batch_size in peaks else step.peak(batch_size)
+        return CapacityCheck(profile["name"], batch_size, peak, usable, budget, margin, search.max_batch,
+                             min_max_batch, time.perf_counter() - started, terms=step.terms(batch_size),
+                             budget_terms=step.budget_terms(), shard=shard, method=step.method,
+                             notes=[*spec.notes, *step.notes])
+    finally:
+        release_trace_caches()

@@ -52,6 +52,12 @@ NoiseBudgetOpt = Annotated[str, typer.Option("--noise-budget", help="How far the
 TargetLossOpt = Annotated[Optional[float], typer.Option("--target-loss", help="The training loss your run trains "
                                                         "to: the noise probe follows training until it gets there "
                                                         "(or its budget ends).")]
+ShardOpt = Annotated[Optional[int], typer.Option("--shard", help="Peak on one GPU of N under full sharding "
+                                             "(FSDP2 / ZeRO-3), traced with torch's fully_shard on a fake "
+                                             "process group; needs --profile.")]
+AttentionOpt = Annotated[Optional[str], typer.Option("--attention", help="The attention kernel the profiled GPU "
+                                                     "runs: auto (by compute capability, dtype and head size), "
+                                                     "flash, efficient or math.")]
 SweepOpt = Annotated[bool, typer.Option("--lr-sweep/--no-lr-sweep", help="Measure the learning rate, and the batch "
                                         "among the goodput plateau's, by short training runs (default), or take the "
                                         "rule's rate at the plateau rule's batch.")]
@@ -81,10 +87,11 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
                       plan_gpus: Annotated[Optional[int], typer.Option("--plan-gpus", help="Also predict the plan "
                                                                        "for this many GPUs from --profile's "
                                                                        "interconnect (a prediction).")] = None,
+                      shard: ShardOpt = None, attention: AttentionOpt = None,
                       json_out: JsonOpt = False) -> None:
     """The whole advice: largest batch, throughput, gradient noise, batch size and learning rate."""
     _run(model, device, json_out, "recommendation", isolate=isolate, nproc_per_node=nproc_per_node, memory=memory,
-         margin=margin, profile=profile, base_batch=base_batch, base_lr=base_lr,
+         margin=margin, profile=profile, shard=shard, attention=attention, base_batch=base_batch, base_lr=base_lr,
          noise_warmup_steps=noise_warmup_steps, noise_budget=noise_budget, lr_sweep=lr_sweep,
          target_loss=target_loss, max_step_seconds=max_step_seconds, seed=seed,
          step_timeout=step_timeout, collective_timeout=collective_timeout, plan_gpus=plan_gpus)
@@ -92,11 +99,12 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
 
 @app.command("max-batch")
 def max_batch_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOpt = None, margin: MarginOpt = 0.1,
-                      profile: ProfileOpt = None, seed: SeedOpt = 0, step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT,
+                      profile: ProfileOpt = None, shard: ShardOpt = None, attention: AttentionOpt = None,
+                      seed: SeedOpt = 0, step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT,
                       isolate: IsolateOpt = False, json_out: JsonOpt = False) -> None:
     """The largest batch whose steady-state training step fits the memory budget."""
     _run(model, device, json_out, "memory", sections=("memory",), isolate=isolate, memory=memory,
-         margin=margin, profile=profile, seed=seed, step_timeout=step_timeout)
+         margin=margin, profile=profile, shard=shard, attention=attention, seed=seed, step_timeout=step_timeout)
 
 
 @app.command("check")
@@ -107,19 +115,23 @@ def check_command(model: Model,
                   margin: MarginOpt = 0.1,
                   min_max_batch: Annotated[Optional[int], typer.Option("--min-max-batch", help="Also fail when the "
                                                                        "largest batch that fits drops below this.")] = None,
+                  shard: ShardOpt = None, attention: AttentionOpt = None,
                   seed: SeedOpt = 0, step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, json_out: JsonOpt = False) -> None:
     """CI capacity check, no GPU needed: exit 0 when the batch fits the profiled device, 1 when not."""
-    with _guarded():
+    with _guarded() as err:
         from advisor.capacity import check_capacity
         from advisor.hardware.profiles import load
         from advisor.report import check_json, render_check
         from advisor.spec import load_spec
 
         settings = _settings(margin=margin, seed=seed, step_timeout=step_timeout, check_batch=batch_size,
-                             min_max_batch=min_max_batch)
+                             min_max_batch=min_max_batch, shard=shard, attention=attention, profile=profile)
         profile_doc = load(profile)
         with _user_output_to_stderr(), watching(settings.step_timeout), probe("capacity check"):
-            result = check_capacity(load_spec(model), profile_doc, batch_size, margin, min_max_batch, seed)
+            result = check_capacity(load_spec(model), profile_doc, batch_size, margin, min_max_batch, seed,
+                                    shard=shard, attention=attention)
+        for note in result.notes:
+            err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
         _emit(check_json(result), json_out, lambda out: render_check(result, out))
     if not result.passed:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
@@ -317,6 +329,8 @@ def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tup
         if distributed.in_job():
             if isolate:
                 raise BadInput("--isolate does not combine with a distributed job")
+            if settings.shard:
+                raise BadInput("--shard does not combine with a distributed job: it traces one rank of N in one process")
         if probe_name in ("recommendation", "noise") and distributed.rank() == 0 and err.is_terminal:
             err.print(f"note: {_how_long(settings, probe_name)}", highlight=False, soft_wrap=True)
         if isolate:
@@ -359,7 +373,7 @@ def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | 
               seed: int = 0, profile: str | None = None, step_timeout: float = DEFAULT_STEP_TIMEOUT,
               collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT, plan_gpus: int | None = None,
               check_batch: int | None = None, min_max_batch: int | None = None, nproc_per_node: int | None = None,
-              device: str = "auto"):
+              device: str = "auto", shard: int | None = None, attention: str | None = None):
     """The flags, checked, in this one place: each problem is a BadInput that names the flag, the value and
     what is expected. Every number is bounded, so no later step overflows or runs for ever."""
     from advisor.hardware.profiles import load
@@ -403,6 +417,7 @@ def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | 
         raise BadInput(f"--seed must be an integer in [0, 2**63), got {_shown(seed)}")
     if nproc_per_node is not None:
         _check_nproc(nproc_per_node, device)
+    _check_shard(shard, attention, profile, nproc_per_node)
     return Settings(
         memory_bytes=memory_bytes, margin=margin, base_batch=base_batch,
         base_lr=base_lr, noise_warmup_steps=noise_warmup_steps, noise_batch=noise_batch,
@@ -411,7 +426,26 @@ def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | 
         batch_sizes=_batch_list(batch_sizes) if batch_sizes is not None else None,
         max_step_seconds=max_step_seconds, seed=seed, step_timeout=step_timeout,
         profile=load(profile) if profile is not None else None, collective_timeout=collective_timeout,
-        plan_gpus=plan_gpus)
+        plan_gpus=plan_gpus, shard=shard, attention=attention)
+
+
+def _check_shard(shard: int | None, attention: str | None, profile: str | None, nproc_per_node: int | None) -> None:
+    """--shard N (2 to 4096 ranks, with a profile: the GPUs it shards over) and --attention (a kernel name)."""
+    from advisor.memory.attention import BACKENDS
+    from advisor.memory.shard import MAX_SHARD
+
+    if shard is not None:
+        if not 2 <= shard <= MAX_SHARD:
+            raise BadInput(f"--shard must be a number of GPUs from 2 to {MAX_SHARD}, got {_shown(shard)}")
+        if profile is None:
+            raise BadInput("--shard needs --profile: it traces one GPU of N as the profiled device runs it")
+        if nproc_per_node is not None:
+            raise BadInput("--shard and --nproc-per-node do not combine: --shard traces one rank of N in this process")
+    if attention is not None:
+        if attention not in BACKENDS:
+            raise BadInput(f"--attention {attention[:40]!r}: expected one of {', '.join(BACKENDS)}")
+        if profile is None:
+            raise BadInput("--attention needs --profile: it names the kernel the profiled GPU runs")
 
 
 def _noise_budget(text: str):

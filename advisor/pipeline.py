@@ -17,10 +17,13 @@ from advisor.advice import (ClusterPlan, Recommendation, StepTimeFit, batch_sche
                             fit_step_time, learning_rate_factor, optimizer_family, plan_at, plateau_candidates, recommend,
                             with_swept_rate)
 from advisor.capacity import profile_budget
-from advisor.device import Backend, Budget, resolve_device, resolve_rank_device, threads_beside_load
+from advisor.device import (Backend, Budget, host_available_bytes, resolve_device, resolve_rank_device,
+                            threads_beside_load)
 from advisor.errors import BadInput, ProbeFailed
 from advisor.memory.cuda import RealSteps
+from advisor.memory.fidelity import Corrected, hold_to_real_steps
 from advisor.memory.max_batch import MemoryResult, find_max_batch
+from advisor.memory.profiled import guard_host_budget, trace_for_profile
 from advisor.memory.oom import free_device_memory, try_step
 from advisor.memory.trace import StepTracer, release_trace_caches
 from advisor.probes.sweep import TYPICAL_RUNS, Candidate, SweepResult, sweep
@@ -51,6 +54,8 @@ class Settings:
     profile: dict | None = None  # a hardware profile whose memory is the budget
     collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT
     plan_gpus: int | None = None  # predict the step on this many GPUs from the profile's interconnect
+    shard: int | None = None  # --shard N: the peak on one GPU of N under full sharding (with a profile)
+    attention: str | None = None  # --attention: the kernel the profiled GPU runs (else the profile's, else auto)
 
 
 @dataclass
@@ -77,7 +82,11 @@ def no_progress(stage: str):
 class Advisor:
     """Runs the probes for one model file on one device, each at most once."""
 
-    def __init__(self, spec: ModelSpec, backend: Backend, settings: Settings, progress=no_progress):
+    def __init__(self, spec: ModelSpec, backend: Backend, settings: Settings, progress=no_progress,
+                 contract_first: bool = True):
+        """`contract_first`: the real contract check runs now, before any probe (its real steps need the host to
+        hold the model: checked first, on a fake-built twin). False where only a profiled device's memory is
+        asked for: nothing is then built for real unless it is affordable (advisor/memory/profiled.py)."""
         self.report = Report(spec, backend, settings)
         self.spec, self.backend, self.settings, self.progress = spec, backend, settings, progress
         self.devices = self.report.devices = distributed.world()
@@ -85,8 +94,21 @@ class Advisor:
         self._trained = None  # the noise probe's trained model and optimizer, for the learning-rate sweep
         if backend.note:
             self.report.notes.append(backend.note)
-        with watchdog.probe("contract check"):
-            self.smallest = check_contract(spec)  # 2 where batch 1 cannot train (BatchNorm)
+        self._smallest: int | None = None
+        if contract_first:
+            host = backend.memory_budget(settings.memory_bytes) if not backend.is_cuda else \
+                Budget(host_available_bytes(), "host available memory (/proc/meminfo MemAvailable)")
+            guard_host_budget(spec, host)  # the contract check builds the model for real, on the host
+            _ = self.smallest
+
+    @property
+    def smallest(self) -> int:
+        """The smallest batch that trains: 2 where batch 1 cannot (BatchNorm). The real contract check finds it,
+        when first needed; a trace for a profiled device finds it on the fake-built model instead."""
+        if self._smallest is None:
+            with watchdog.probe("contract check"):
+                self._smallest = check_contract(self.spec)
+        return self._smallest
 
     def memory(self) -> MemoryResult:
         with watchdog.probe("memory trace"):
@@ -96,15 +118,27 @@ class Advisor:
         if self.report.memory is None:
             self.progress("tracing peak memory")(0, 1)
             budget = self._budget()  # before this process's first CUDA work: the context is measured against it
-            self._tracer = StepTracer(self.spec, fake=True, seed=self.settings.seed, smallest=self.smallest,
-                                      batch_on_host=not self.backend.is_cuda and self.settings.profile is None)
+            real = profiled = None
+            if self.settings.profile is not None:  # another device: nothing the size of the model is built here
+                self._tracer = profiled = trace_for_profile(self.spec, self.settings.profile, self.settings.seed,
+                                                 self.settings.shard, self.settings.attention)
+                self._smallest = self._smallest or self._tracer.smallest
+                self.report.notes.extend(self._tracer.notes)
+            else:
+                self._tracer = StepTracer(self.spec, fake=True, seed=self.settings.seed, smallest=self.smallest,
+                                          batch_on_host=not self.backend.is_cuda)
+                if not self.backend.is_cuda:
+                    self._tracer, real = self._held_to_real_steps(self._tracer)
             if distributed.active():  # the fake trace cannot run DDP: its buckets are added, labelled
                 self._tracer = WithBuckets(self._tracer, distributed.bucket_bytes(self._optimizer_model()))
-            real = None
             if self.backend.is_cuda and self.settings.profile is None:  # a profile's budget is another device's
                 real = RealSteps(self.spec, self.backend, seed=self.settings.seed, smallest=self.smallest)
             self.report.memory = find_max_batch(self.spec, budget, self.settings.margin, tracer=self._tracer,
                                                 smallest=self.smallest, real=real)
+            if profiled is not None:  # how the profiled device's step was traced, and its CUDA terms
+                terms = ", ".join(t.name for t in profiled.terms(self.smallest)[1:])
+                self.report.memory = replace(self.report.memory, method=profiled.method + (
+                    f"; plus {terms}" if terms else ""))
             if isinstance(self._tracer, WithBuckets):
                 self.report.memory = replace(self.report.memory, method=self.report.memory.method + (
                     f"; per rank, plus DistributedDataParallel's gradient buckets ({self._tracer.extra} bytes, "
@@ -118,6 +152,17 @@ class Advisor:
                 raise BadInput(f"{self.spec.path}: nothing fits once the {self.settings.margin:.0%} margin is kept: "
                                f"batch {self.smallest} needs {memory.peaks[self.smallest]} bytes of {room}")
         return self.report.memory
+
+    def _held_to_real_steps(self, tracer: StepTracer):
+        """On the CPU, the fake trace against real steps at the smallest batches (fidelity.py). Where the real
+        step holds more, the trace is corrected by the gap and real steps confirm the boundary."""
+        fidelity, _ = hold_to_real_steps(self.spec, self.settings.seed, self.smallest, build_fake=False, fake=tracer)
+        if not fidelity.checked or fidelity.gap(self.smallest) == 0 and fidelity.gap(2 * self.smallest) == 0:
+            return tracer, None
+        self.report.notes.append(f"the fake trace held less than real CPU steps ({fidelity.describe()}): the trace is "
+                                 "corrected by the gap and the largest batch confirmed by real steps")
+        return Corrected(tracer, fidelity), RealSteps(self.spec, self.backend, seed=self.settings.seed,
+                                                      smallest=self.smallest)
 
     def _budget(self) -> Budget:
         """The device's free memory, or the profile's usable memory; --memory when smaller."""
@@ -390,6 +435,7 @@ class Advisor:
 
     def finish(self) -> Report:
         release_trace_caches()
+        self.report.notes.extend(n for n in self.spec.notes if n not in self.report.notes)
         self.report.seconds = time.perf_counter() - self._started
         return self.report
 
@@ -417,7 +463,8 @@ def run_probe(model: str, device: str, settings: Settings, probe: str, progress=
         raise BadInput("--plan-gpus needs --profile: the interconnect's bandwidth and latency come from it")
     backend = resolve_rank_device(device, distributed.local_rank()) if distributed.in_job() else resolve_device(device)
     with distributed.process_group(backend.device, settings.collective_timeout), _cpu_threads(backend) as note:
-        advisor = Advisor(load_spec(model), backend, settings, progress)
+        advisor = Advisor(load_spec(model), backend, settings, progress,
+                          contract_first=not (probe == "memory" and settings.profile is not None))
         if note:
             advisor.report.notes.append(note)
         getattr(advisor, probe)()

@@ -347,8 +347,12 @@ def check_json(check) -> dict:
         "batch_size": check.batch_size, "peak_bytes": check.peak_bytes, "budget_bytes": check.budget_bytes,
         "usable_bytes": check.usable_bytes, "margin": check.margin, "headroom_bytes": check.headroom_bytes,
         "max_batch": check.max_batch, "min_max_batch": check.min_max_batch, "profile": check.profile,
-        "method": "tracked: live tensor bytes of a steady-state step traced under FakeTensorMode on the CPU; "
-                  "budget from the profile",
+        "method": f"{check.method}; plus the CUDA terms listed; budget from the profile",
+        "traced_peak_bytes": next((t.bytes for t in check.terms if t.name == "traced_step"), None),
+        "terms": [t.to_json() for t in check.terms],
+        "budget_terms": [t.to_json() for t in check.budget_terms],
+        "shard": check.shard,
+        "notes": check.notes,
         "seconds": check.seconds,
     }
 
@@ -356,7 +360,10 @@ def check_json(check) -> dict:
 def render_check(check, console: Console) -> None:
     verdict = "[bold green]fits[/]" if check.fits else "[bold red]does not fit[/]"
     table = _facts(f"Capacity check on {check.profile}: batch {check.batch_size} {verdict}")
-    table.add_row("peak of a training step", format_bytes(check.peak_bytes), "tracked (fake-mode trace on the CPU)")
+    table.add_row("peak of a training step" + (f" (one of {check.shard} GPUs)" if check.shard else ""),
+                  format_bytes(check.peak_bytes), "the terms below, summed")
+    for term in check.terms:
+        table.add_row(f"  {term.name.replace('_', ' ')}", format_bytes(term.bytes), term.source)
     table.add_row(f"budget ({check.margin:.0%} margin kept)", format_bytes(check.budget_bytes),
                   f"from the profile: {format_bytes(check.usable_bytes)} usable")
     table.add_row("headroom", format_bytes(check.headroom_bytes), "budget - peak")

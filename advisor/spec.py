@@ -4,11 +4,12 @@ Everything that can go wrong in the user's file becomes a BadInput naming the fi
 so the CLI prints one line and exits 2; nothing here lets a user's traceback through.
 """
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,9 +33,16 @@ class ModelSpec:
     loss: Callable[[torch.nn.Module, Any], torch.Tensor]
     make_optimizer: Callable[[Any], torch.optim.Optimizer]
     base_batch_size: int | None
+    accumulation_steps: int = 1  # ACCUMULATION_STEPS: micro-batches whose gradients add up before a step
+    make_max_shape_batch: Callable[[int], Any] | None = None  # max_shape_batch(size): batch() at its largest shapes
+    notes: list[str] = field(default_factory=list, compare=False)  # what the probes should say about the file
 
     def fail(self, what: str) -> BadInput:
         return BadInput(f"{self.path}: {what}")
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def model(self) -> torch.nn.Module:
         model = self._call("model()", self.build_model)
@@ -42,7 +50,11 @@ class ModelSpec:
             raise self.fail(f"model() returned {type(model).__name__}, expected a torch.nn.Module")
         if not any(p.requires_grad for p in model.parameters()):
             raise self.fail("model() returned a module with no trainable parameters")
-        return model
+        in_eval = sum(not m.training for m in model.modules())
+        if in_eval:  # from_pretrained() returns eval mode: dropout off, BatchNorm frozen, not what trains
+            self.note(f"model() returned {in_eval} of {len(list(model.modules()))} modules in eval mode "
+                      "(as from_pretrained does): every probe runs model.train(), as training does")
+        return model.train()
 
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -52,22 +64,31 @@ class ModelSpec:
         return opt
 
     def batch(self, size: int) -> Any:
-        batch = self._call(f"batch({size})", self.make_batch, size)
+        return self._checked_batch(f"batch({size})", self.make_batch, size)
+
+    def _checked_batch(self, what: str, make: Callable[[int], Any], size: int) -> Any:
+        batch = self._call(what, make, size)
         tensors = tensors_in(batch)
         if not tensors:
-            raise self.fail(f"batch({size}) returned {type(batch).__name__} with no tensors; "
+            raise self.fail(f"{what} returned {type(batch).__name__} with no tensors; "
                             "expected a tensor, a tuple/list or a dict of tensors")
         for t in tensors:
             odd = _unusual_tensor(t)
             if odd is not None:
-                raise self.fail(f"batch({size}) returned {odd}; expected dense tensors on the CPU")
+                raise self.fail(f"{what} returned {odd}; expected dense tensors on the CPU")
         got = batch_size_of(batch)
         if got != size or any(t.dim() == 0 or t.shape[0] != size for t in tensors):
             shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
-            raise self.fail(f"batch({size}) must return {size} examples along the first dimension, got shapes {shapes}")
+            raise self.fail(f"{what} must return {size} examples along the first dimension, got shapes {shapes}")
         if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
-            raise self.fail(f"batch({size}) returned tensors with NaN or infinite values")
+            raise self.fail(f"{what} returned tensors with NaN or infinite values")
         return batch
+
+    def max_shape_batch(self, size: int) -> Any:
+        """The file's max_shape_batch(size), checked as batch() is; None when the file defines none."""
+        if self.make_max_shape_batch is None:
+            return None
+        return self._checked_batch(f"max_shape_batch({size})", self.make_max_shape_batch, size)
 
     def _call(self, what: str, fn: Callable, *args):
         beat(what)
@@ -78,7 +99,7 @@ class ModelSpec:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # the user's code: any failure is bad input, reported in one line
-            if what.startswith("batch(") and is_out_of_memory(exc):
+            if what.startswith(("batch(", "max_shape_batch(")) and is_out_of_memory(exc):
                 raise  # a batch that does not fit: the probes recover (try_step), the contract check says so
             raise self.fail(f"{what} {raised(exc)}") from None
 
@@ -92,14 +113,16 @@ class CheckedLoss:
     memory tracer reports those itself.
     Finiteness is left to the caller, which has the value on the host when it needs it."""
 
-    def __init__(self, path: Path, fn: Callable[[torch.nn.Module, Any], torch.Tensor], default: bool):
-        self.path, self.fn = path, fn
+    def __init__(self, path: Path, fn: Callable[[torch.nn.Module, Any], torch.Tensor], default: bool,
+                 autocast: torch.dtype | None = None):
+        self.path, self.fn, self.autocast = path, fn, autocast
         self.what = "the default loss" if default else "loss(model, batch)"
 
     def __call__(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
         beat(f"{self.what} at batch {batch_size_of(batch)}")
         try:
-            value = self.fn(model, batch)
+            with self._mixed_precision(model):
+                value = self.fn(model, batch)
         except (KeyboardInterrupt, AdvisorError):
             raise
         except BaseException as exc:
@@ -123,6 +146,43 @@ class CheckedLoss:
             raise BadInput(f"{self.path}: {self.what} is not differentiable: its value does not depend on "
                            "the model's parameters (no grad_fn; was it detached or built from .item()?)")
         return value
+
+
+    def _mixed_precision(self, model: torch.nn.Module):
+        """The file's AUTOCAST: the forward and the loss under torch.autocast on the device the model is on,
+        as a training loop's `with torch.autocast(...)` puts them (the backward pass runs outside it)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        first = next(model.parameters(), None)
+        device_type = first.device.type if first is not None else "cpu"
+        return torch.autocast(device_type=device_type, dtype=self.autocast)
+
+
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+                   "half": torch.float16}
+MAX_ACCUMULATION_STEPS = 10**6
+
+
+def _autocast_dtype(path: Path, value: Any) -> torch.dtype | None:
+    """AUTOCAST in a model file: torch.bfloat16 / torch.float16 (or their names); None or False for none."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, torch.dtype) and value in (torch.bfloat16, torch.float16):
+        return value
+    if isinstance(value, str) and value.strip().lower().removeprefix("torch.") in AUTOCAST_DTYPES:
+        return AUTOCAST_DTYPES[value.strip().lower().removeprefix("torch.")]
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise BadInput(f"{path}: AUTOCAST must be torch.bfloat16 or torch.float16 (the dtype torch.autocast "
+                   f"computes in), got {shown}")
+
+
+def _accumulation_steps(path: Path, value: Any) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ACCUMULATION_STEPS:
+        raise BadInput(f"{path}: ACCUMULATION_STEPS must be a positive int of at most {MAX_ACCUMULATION_STEPS}, "
+                       f"got {value!r}"[:200])
+    return value
 
 
 def _unusual_tensor(t: torch.Tensor) -> str | None:
@@ -152,7 +212,7 @@ def load_spec(path: str | Path) -> ModelSpec:
     if not path.is_file():
         raise BadInput(f"{path}: no such model file")
     module = _import_file(path)
-    found = {name: getattr(module, name, None) for name in ("model", "batch", "loss", "optimizer")}
+    found = {name: getattr(module, name, None) for name in ("model", "batch", "loss", "optimizer", "max_shape_batch")}
     for name in ("model", "batch"):
         if found[name] is None:
             raise BadInput(f"{path}: defines no `{name}`; a model file needs model() and batch(size)")
@@ -166,9 +226,12 @@ def load_spec(path: str | Path) -> ModelSpec:
         path=path,
         build_model=found["model"],
         make_batch=found["batch"],
-        loss=CheckedLoss(path, found["loss"] or default_loss, default=found["loss"] is None),
+        loss=CheckedLoss(path, found["loss"] or default_loss, default=found["loss"] is None,
+                         autocast=_autocast_dtype(path, getattr(module, "AUTOCAST", None))),
         make_optimizer=found["optimizer"] or (lambda params: torch.optim.AdamW(params, lr=1e-3)),
         base_batch_size=base,
+        accumulation_steps=_accumulation_steps(path, getattr(module, "ACCUMULATION_STEPS", None)),
+        make_max_shape_batch=found["max_shape_batch"],
     )
 
 

@@ -10,7 +10,9 @@ live-tensor tracker, raising the CUDA out-of-memory error that each tool catches
 pass the budget. The tools:
 
 - bsadvisor: `Advisor(...).memory()` in-process, i.e. `bsadvisor max-batch MODEL --profile
-  h100-sxm-80gb --memory BUDGET --margin 0`: a GPU's budget (the profile) capped at BUDGET, so that
+  h100-sxm-80gb-cpu-kernels.json --memory BUDGET --margin 0`: a GPU's budget (the h100-sxm-80gb profile,
+  marked `device_type: cpu` so that the step traced runs the CPU's kernels, as the other tools' steps do,
+  with no CUDA terms added) capped at BUDGET, so that
   like the enforced budget it counts the batch as copied to the device, one compact tensor each (with
   `--device cpu` it would count the batch as `batch()` lays it out on the host, which is what CPU
   training holds). The CLI is also run once to show it gives the same batch, and its end-to-end wall
@@ -56,6 +58,13 @@ from advisor.units import parse_size  # noqa: E402
 BUDGETS = {"mlp_unicode": "16MiB", "cnn_bytes": "128MiB", "gpt_stdlib": "768MiB"}
 QUICK_BUDGETS = {"mlp_unicode": "2MiB", "cnn_bytes": "8MiB", "gpt_stdlib": "48MiB"}
 PROFILE = "h100-sxm-80gb"  # any GPU's: --memory, far smaller, is the budget
+
+
+def profile_doc() -> dict:
+    """The profile marked as a device that runs the CPU's kernels: bsadvisor then traces the step the other
+    tools run here (no GPU attention kernel, no foreach default, no CUDA workspace terms), with the batch
+    held as one compact copy, as a device holds it."""
+    return {**load_profile(PROFILE), "name": f"{PROFILE}-cpu-kernels", "device_type": "cpu"}
 STEPS_PER_TRIAL = 3
 TOP = 8192  # Lightning's default max_val; Accelerate starts here
 TOOLS = ["bsadvisor", "lightning-power", "lightning-binsearch", "accelerate", "autobatch-fit"]
@@ -67,7 +76,7 @@ def run_bsadvisor(spec, budget, seed):
     counter = common.StepCounter(spec, count_real_in_loss=True)
     with common.stopwatch() as took:
         advisor = Advisor(counter.spec, resolve_device("cpu"),
-                          Settings(memory_bytes=budget, margin=0.0, seed=seed, profile=load_profile(PROFILE)))
+                          Settings(memory_bytes=budget, margin=0.0, seed=seed, profile=profile_doc()))
         batch = advisor.memory().max_batch
     return {"batch": batch, "seconds": took(), "counter": counter,
             "how": "fake-mode traces + 2 real contract steps"}
@@ -208,10 +217,13 @@ RUNNERS = {
 
 
 def run_cli(path: Path, budget: int, seed: int) -> dict:
-    cmd = ["bsadvisor", "max-batch", str(path.relative_to(common.REPO)), "--profile", PROFILE, "--memory", str(budget),
-           "--margin", "0", "--seed", str(seed), "--json"]
-    with common.stopwatch() as took:
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)
+    with tempfile.TemporaryDirectory() as folder:
+        profile = Path(folder) / f"{profile_doc()['name']}.json"
+        profile.write_text(json.dumps(profile_doc()))
+        cmd = ["bsadvisor", "max-batch", str(path.relative_to(common.REPO)), "--profile", str(profile), "--memory",
+               str(budget), "--margin", "0", "--seed", str(seed), "--json"]
+        with common.stopwatch() as took:
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)
     doc = json.loads(out.stdout)["memory"]
     return {"command": " ".join(cmd[:-1] + ["--json"]), "max_batch": doc["max_batch"], "wall_seconds": took(),
             "search_seconds": doc["seconds"], "traced": len(doc["traced"])}

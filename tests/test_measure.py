@@ -118,7 +118,11 @@ def fake_gpu(monkeypatch):
 
     from advisor.hardware import measure, nvml
 
-    state = {"initialised": False}
+    state = {"initialised": False, "allocated_reads": 0}
+
+    def memory_allocated(index=0):  # 16 KiB for the first tensor; then the cuBLAS workspace stays behind
+        state["allocated_reads"] += 1
+        return 16 * 1024 + (32 * MiB if state["allocated_reads"] > 1 else 0)
 
     def init():
         state["initialised"] = True
@@ -126,7 +130,7 @@ def fake_gpu(monkeypatch):
     cuda = SimpleNamespace(
         is_available=lambda: True, is_initialized=lambda: state["initialised"], init=init,
         set_device=lambda index: None, synchronize=lambda: None, empty_cache=lambda: None,
-        memory_reserved=lambda index=0: 2 * MiB, is_bf16_supported=lambda: True, Event=_FakeEvent,
+        memory_reserved=lambda index=0: 2 * MiB, memory_allocated=memory_allocated, is_bf16_supported=lambda: True, Event=_FakeEvent,
         get_device_properties=lambda index: SimpleNamespace(uuid="abcd-1234"),
     )
     fake_torch = SimpleNamespace(
@@ -163,6 +167,7 @@ def test_cuda_branch_with_a_fake_gpu(fake_gpu):
     assert profile["reserved_memory_bytes"] == 551 * MiB
     assert profile["context_overhead_bytes"] == 600 * MiB - 2 * MiB  # NVML delta less the allocator's reserve
     assert profile["compute_capability"] == "9.0"
+    assert profile["cublas_workspace_bytes"] == 32 * MiB  # what the first matmul left allocated
     assert profile["driver_version"] == "550.90.07" and profile["cuda_version"] == "12.4"
     assert profile["fp32_tflops"] > 0 and profile["bf16_tflops"] > 0 and profile["copy_bandwidth_gb_per_s"] > 0
     assert "NVML GPU 1" in profile["notes"]

@@ -245,8 +245,12 @@ def _measure_cuda(torch: Any) -> dict:
     torch.cuda.init()
     torch.cuda.set_device(0)
     x = torch.ones(64, 64, device="cuda")
+    torch.cuda.synchronize()
+    allocated = torch.cuda.memory_allocated(0)
     (x @ x).sum().item()  # a context, a cuBLAS handle and its workspace
     torch.cuda.synchronize()
+    # the outputs are gone; what stays allocated is the cuBLAS workspace, cached for this handle and stream
+    workspace = torch.cuda.memory_allocated(0) - allocated
     uuid = str(getattr(torch.cuda.get_device_properties(0), "uuid", "") or "")
     index = nvml.matching_device(0, uuid, os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                                  {d: info.uuid for d, info in before.items()})
@@ -281,13 +285,16 @@ def _measure_cuda(torch: Any) -> dict:
         "matmul_bf16_tflops_measured": bf16,
         "matmul_fp32_tflops_measured": fp32,
         "compute_capability": "{}.{}".format(*after.compute_capability),
+        "cublas_workspace_bytes": max(int(workspace), 0),
         "driver_version": after.driver_version,
         "cuda_version": after.cuda_version,
         "notes": (
             f"CUDA device measured by bsadvisor with torch {torch.__version__} (NVML {nvml.describe(index)}, {after.uuid}). "
             f"reserved_memory_bytes: {reserved_how}. context_overhead_bytes is NVML used memory after the "
             f"first CUDA work less before, less torch.cuda.memory_reserved(); other processes starting or "
-            f"freeing memory meanwhile would distort it. TFLOP/s are torch.mm of {CUDA_MATMUL_N}x{CUDA_MATMUL_N} "
+            f"freeing memory meanwhile would distort it. cublas_workspace_bytes is what a first matmul left allocated "
+            f"in torch's caching allocator once its outputs were freed (the workspace cuBLAS and cuBLASLt share). "
+            f"TFLOP/s are torch.mm of {CUDA_MATMUL_N}x{CUDA_MATMUL_N} "
             f"(median of up to {REPEATS} after a warm-up; fp32 with TF32 {tf32}), not datasheet peaks. "
             f"memory_bandwidth_gb_per_s is the measured device-to-device copy of "
             f"{CUDA_COPY_BYTES // 1024**3} GiB, counting bytes read plus written."

@@ -107,6 +107,11 @@ _OPTIONAL: dict[str, tuple[Any, str]] = {
     "copy_bandwidth_gb_per_s": (_optional_positive, "a number > 0 (GB/s) or null"),
     "matmul_bf16_tflops_measured": (_optional_positive, "a number > 0 (TFLOP/s) or null"),
     "matmul_fp32_tflops_measured": (_optional_positive, "a number > 0 (TFLOP/s) or null"),
+    "attention_backend": (lambda v: v is None or v in ("auto", "flash", "efficient", "math"),
+                          'one of "auto", "flash", "efficient", "math", or null'),
+    "cublas_workspace_bytes": (lambda v: v is None or (_is_int(v) and v >= 0), "an integer >= 0 (bytes) or null"),
+    "nccl_buffer_bytes": (lambda v: v is None or (_is_int(v) and v >= 0), "an integer >= 0 (bytes) or null"),
+    "nccl_channels": (lambda v: v is None or (_is_int(v) and 1 <= v <= 1024), "an integer from 1 to 1024 or null"),
 }
 
 REQUIRED_FIELDS = tuple(_REQUIRED)
@@ -166,6 +171,15 @@ def validate(data: dict, origin: str) -> dict:
             f"{data['reserved_memory_bytes']} + {data['context_overhead_bytes']}"
         )
     return data
+
+
+def compute_capability(profile: dict) -> tuple[int, int] | None:
+    """The profile's compute capability as (major, minor), None where it states none."""
+    text = profile.get("compute_capability")
+    if not text:
+        return None
+    major, minor = text.split(".")
+    return int(major), int(minor)
 
 
 def usable_bytes(profile: dict) -> int:

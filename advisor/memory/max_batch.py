@@ -20,6 +20,8 @@ from advisor.units import format_bytes
 
 MEASURED_ON_CUDA = ("measured on CUDA: max_memory_reserved of real steady-state steps; "
                     "predicted by the fake-mode trace")
+CONFIRMED_ON_CPU = ("tracked: live tensor bytes of real steady-state CPU steps at the boundary; predicted by the "
+                    "fake-mode trace corrected by real steps at the smallest batches")
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,8 @@ def _confirm_on_device(predicted: MemoryResult, tracer: StepTracer, real: RealSt
                        f"({predicted.budget.source}, less the CUDA context of {format_bytes(real.context_bytes)})")
     measured = {b: None if p is None else (p.reserved, p.allocated) for b, p in real.peaks.items()}
     return MemoryResult(predicted.budget, predicted.margin, confirmed, min(calibrated(safe_usable), confirmed),
-                        predicted.fixed_bytes, predicted.bytes_per_sample, peaks, False, MEASURED_ON_CUDA, 0.0,
+                        predicted.fixed_bytes, predicted.bytes_per_sample, peaks, False,
+                        MEASURED_ON_CUDA if real.backend.is_cuda else CONFIRMED_ON_CPU, 0.0,
                         predicted_max_batch=predicted.max_batch, real_steps=len(real.peaks),
                         context_bytes=real.context_bytes, measured=measured)
 

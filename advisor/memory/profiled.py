@@ -1,0 +1,232 @@
+"""The peak of a training step on a profiled device (a GPU this machine does not have), traced here.
+
+`check`, and `max-batch` / `recommend` with `--profile`, ask how a step runs on another device. Nothing
+the size of the model may be allocated for that: `model()`, the optimizer and the contract check run under
+FakeTensorMode (StepTracer's build_fake), so a check of an 8-billion-parameter model holds a few hundred
+megabytes. The step is traced as the device runs it:
+
+- attention through the kernel that GPU picks (advisor/memory/attention.py);
+- the optimizer's foreach implementation where the file leaves `foreach` unset, as torch picks on CUDA
+  (torch.optim.optimizer._default_to_fused_or_foreach; on the CPU it loops tensor by tensor);
+- with `shard`, one rank of N under FSDP2 (advisor/memory/shard.py);
+- the CUDA terms the trace cannot see: the allocator's rounding, the cuBLAS workspace, NCCL's buffers
+  (advisor/memory/cuda_overheads.py).
+
+Where a real CPU step at a small batch is affordable, the contract check runs for real and the fake trace
+is held to real steps (advisor/memory/fidelity.py). Where the model cannot be built under FakeTensorMode,
+a note says so and it is built for real as before, unless its parameters alone would not fit this host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from advisor.device import host_available_bytes
+from advisor.errors import BadInput, ProbeFailed
+from advisor.memory import shard as sharding
+from advisor.memory.attention import BACKENDS, GpuAttention
+from advisor.memory.cuda_overheads import Term, budget_terms, device_terms
+from advisor.memory.fidelity import Fidelity, hold_to_real_steps
+from advisor.memory.trace import StepTracer
+from advisor.hardware.profiles import compute_capability
+from advisor.spec import ModelSpec, check_contract, one_line
+from advisor.units import format_bytes
+
+
+@dataclass
+class ProfiledStep:
+    """`peak(batch)`: the step's estimated peak on the profiled device; `terms(batch)`: what it is made of."""
+
+    tracer: StepTracer
+    profile: dict
+    smallest: int
+    fidelity: Fidelity
+    attention: GpuAttention | None
+    shard: int | None
+    shard_method: str | None
+    notes: list[str] = field(default_factory=list)
+    fake = True
+    _terms: dict[int, list[Term]] = field(default_factory=dict)
+
+    def peak(self, batch: int) -> int:
+        return sum(t.bytes for t in self.terms(batch))
+
+    def terms(self, batch: int) -> list[Term]:
+        if batch not in self._terms:
+            traced = self.tracer.peak(batch)
+            rounded = self.tracer.peak_rounded
+            found = [Term("traced_step", traced, self.method)]
+            if self.profile.get("device_type") == "cuda":
+                found.append(Term("allocator_rounding", rounded - traced, "estimated: every traced allocation "
+                                  "rounded up to 512 bytes, as CUDA's caching allocator does"))
+            if self.shard and self.shard_method and "arithmetically" in self.shard_method:
+                found.append(Term("sharded_model_states", -round(model_state_bytes(self.tracer) * (1 - 1 / self.shard)),
+                                  f"estimated arithmetically: (N-1)/N of the parameter, gradient and optimizer-state "
+                                  f"bytes, N = {self.shard}; the gathered layers and NCCL's buffers beside them"))
+            gap = self.fidelity.gap(batch)
+            if gap:
+                found.append(Term("fidelity_correction", gap, "measured: real CPU steps held more than the fake "
+                                  f"trace ({self.fidelity.describe()}); fitted as a line in the batch size"))
+            self._terms[batch] = found + device_terms(self.profile, self.shard)
+        return self._terms[batch]
+
+    @property
+    def method(self) -> str:
+        how = "tracked: live tensor bytes of a steady-state step traced under FakeTensorMode on the CPU"
+        if self.tracer.built_fake:
+            how += " (model and optimizer built fake)"
+        if self.attention is not None and self.attention.used:
+            how += f"; attention as {self.profile['name']} runs it: {self.attention.describe()}"
+        if self.shard_method:
+            how += f"; {self.shard_method}"
+        return how
+
+    def budget_terms(self) -> list[Term]:
+        return budget_terms(self.profile)
+
+
+def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int | None = None,
+                      attention: str | None = None) -> ProfiledStep:
+    cuda = profile.get("device_type") == "cuda"
+    backend = attention or profile.get("attention_backend") or "auto"
+    if backend not in BACKENDS:
+        raise BadInput(f"--attention {backend!r}: expected one of {', '.join(BACKENDS)}")
+    gpu_attention = GpuAttention(backend, compute_capability(profile)) if cuda else None
+    notes: list[str] = []
+    prepare, shard_method = None, None
+    if shard:
+        prepare = sharding.fully_sharded(shard)
+        shard_method = (f"one rank of {shard} under FSDP2 (fully_shard, full sharding as ZeRO-3) on a fake "
+                        "process group")
+    build = dict(seed=seed, batch_on_host=False, prepare=prepare, configure=as_on_cuda if cuda else None,
+                 around_step=(lambda: _fresh(gpu_attention)) if gpu_attention else None)
+    try:
+        tracer, smallest, built_fake = _fake_built(spec, build, notes)
+    except (BadInput, MemoryError):
+        raise
+    except Exception as exc:  # FSDP2 could not wrap or step this model: the unsharded trace, less the shards
+        if prepare is None:
+            raise
+        notes.append(f"FSDP2 could not trace this model sharded ({type(exc).__name__}: {one_line(exc, 160)}): "
+                     "the peak on one GPU is an arithmetic estimate, the unsharded trace less (N-1)/N of the "
+                     "parameter, gradient and optimizer-state bytes")
+        build["prepare"] = None
+        tracer, smallest, built_fake = _fake_built(spec, build, notes)
+        shard_method = f"one rank of {shard}: estimated arithmetically from the unsharded trace"
+    # where affordable, the thorough contract check too: finite loss, gradients that are not all zero. The
+    # tracer itself is compared where it ran the CPU's own kernels (no GPU attention, no sharding)
+    same_kernels = tracer.prepare is None and not (gpu_attention is not None and gpu_attention.used)
+    fidelity, smallest = hold_to_real_steps(spec, seed, smallest, built_fake, contract=lambda: check_contract(spec),
+                                            fake=tracer if same_kernels else None,
+                                            configure=build["configure"] if same_kernels else None)
+    if fidelity.checked:
+        if not fidelity.exact and any(real > fake for fake, real in fidelity.points.values()):
+            notes.append(f"the fake trace held less than real CPU steps ({fidelity.describe()}): every traced "
+                         "peak is corrected by the gap, fitted as a line in the batch size (a term of its own)")
+    else:
+        notes.append(f"model(), the optimizer and the contract check ran under FakeTensorMode (nothing the size of "
+                     f"the model was allocated here); not compared with real CPU steps: {fidelity.skipped}, so the "
+                     "loss's finiteness and its gradients' values are unchecked")
+    if tracer.tracker.stand_ins:
+        notes.append("the step reads values from tensors (.item(): an optimizer's step count?), which a fake trace "
+                     "does not have: 1 stood in for each")
+    step = ProfiledStep(tracer, profile, smallest, fidelity, gpu_attention, shard, shard_method, notes)
+    if gpu_attention is not None and gpu_attention.used:
+        notes.append(f"attention traced as {profile['name']} would run it: {gpu_attention.describe()} "
+                     f"({'--attention or the profile' if backend != 'auto' else 'chosen by compute capability, dtype and head size'})")
+    return step
+
+
+def _fake_built(spec: ModelSpec, build: dict, notes: list[str], fallback: bool = True) -> tuple[StepTracer, int, bool]:
+    """The tracer with model() and the optimizer built under FakeTensorMode, and the smallest batch that trains
+    (2 where batch 1 cannot: BatchNorm). Where the model cannot be built or stepped that way, the note says
+    so and it is built for real, as before, unless its parameters alone would not fit this host."""
+    try:
+        tracer = StepTracer(spec, fake=True, smallest=2, build_fake=True, **build)
+    except (BadInput, MemoryError):
+        raise
+    except Exception as exc:  # a ProbeFailed from the trace, or the user's model() failing under the fake mode
+        if build.get("prepare") is not None:
+            raise  # sharding failed: the caller estimates the shards instead
+        if not fallback:
+            raise ProbeFailed(f"{spec.path}: not traceable with the model built under FakeTensorMode: "
+                              f"{one_line(exc)}") from None
+        too_big = _parameter_bytes(spec)
+        if too_big is not None and too_big > host_available_bytes() // 2:
+            raise ProbeFailed(f"{spec.path}: the step could not be traced with the model built under "
+                              f"FakeTensorMode ({one_line(exc)}), and building it for real needs "
+                              f"{format_bytes(too_big)} of parameters, more than this host can spare") from None
+        notes.append(f"model() could not be built and stepped under FakeTensorMode ({type(exc).__name__}: "
+                     f"{one_line(exc, 160)}): it was built for real on this host, as before")
+        smallest = check_contract(spec)
+        return StepTracer(spec, fake=True, smallest=smallest, **build), smallest, False
+    if tracer.trained_without_gradient():
+        raise spec.fail("the loss at batch 2 gives no gradient to any parameter the optimizer trains: it does not "
+                        "depend on the model (a leaf tensor, or a value cut off from model's output?)")
+    try:
+        tracer.peak(1)
+        return tracer, 1, True
+    except (ProbeFailed, BadInput):
+        return tracer, 2, True
+
+
+def guard_host_budget(spec: ModelSpec, budget) -> None:
+    """Before a model is built for real on the host: where its parameters alone (counted on a twin built under
+    FakeTensorMode, which costs nothing) exceed `budget`, nothing fits, and that is said before the host
+    spends the memory; with the step's own need, traced fake, where the trace can run."""
+    weights = _parameter_bytes(spec)
+    if weights is None or weights <= budget.bytes:
+        return
+    what, needed = "the model's parameters and buffers alone need", weights
+    try:
+        tracer, smallest, _ = _fake_built(spec, dict(batch_on_host=True), [], fallback=False)
+        what, needed = f"a step at batch {smallest} needs", tracer.peak(smallest)
+    except (BadInput, ProbeFailed):
+        pass
+    raise BadInput(f"{spec.path}: nothing fits: {what} {format_bytes(needed)} ({needed} bytes) but the budget is "
+                   f"{format_bytes(budget.bytes)} ({budget.source}); traced with the model built under "
+                   "FakeTensorMode: nothing was built for real")
+
+
+def _parameter_bytes(spec: ModelSpec) -> int | None:
+    """The model's parameter and buffer bytes, built under a FakeTensorMode of its own; None if it cannot be."""
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            model = spec.model()
+        return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    except Exception:  # noqa: BLE001 -- then nothing is known about its size
+        return None
+
+
+def model_state_bytes(tracer: StepTracer) -> int:
+    """Parameters, the gradients of the trained ones, and the optimizer's state, as the trace holds them."""
+    from advisor.memory.trace import optimizer_state
+
+    params = list(tracer.model.parameters())
+    sizes = [t.numel() * t.element_size() for t in (*params, *optimizer_state(tracer.opt))]
+    return sum(sizes) + sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+
+
+def as_on_cuda(opt: torch.optim.Optimizer) -> None:
+    """The optimizer as torch runs it on CUDA: the foreach implementation where the file leaves foreach unset."""
+    for group in opt.param_groups:
+        if "foreach" in group and group["foreach"] is None and not group.get("fused") \
+                and not group.get("differentiable"):
+            group["foreach"] = True
+
+
+class _fresh:
+    """Enter the attention mode for one step, its counts reset (so they describe one step)."""
+
+    def __init__(self, mode: GpuAttention):
+        self.mode = mode
+
+    def __enter__(self):
+        self.mode.used.clear()
+        return self.mode.__enter__()
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)

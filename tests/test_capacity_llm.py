@@ -1,0 +1,349 @@
+"""Capacity checks at LLM scale: fake construction (nothing the size of the model allocated), the fidelity
+check against real steps, --shard N through FSDP2 on a fake process group, attention as the profiled GPU
+runs it, and CUDA's own overheads as labelled terms."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from advisor.cli import app
+from advisor.device import Budget
+from advisor.hardware.profiles import load
+from advisor.memory.attention import GpuAttention, gpu_backend
+from advisor.memory.cuda_overheads import DEFAULT_WORKSPACE, HOPPER_WORKSPACE, cublas_workspace, device_terms
+from advisor.memory.fidelity import hold_to_real_steps
+from advisor.memory.max_batch import CONFIRMED_ON_CPU, find_max_batch
+from advisor.memory.shard import fully_sharded, release
+from advisor.memory.trace import StepTracer
+from advisor.memory.tracker import LiveStorageTracker
+from advisor.spec import load_spec
+
+
+def check(path, *args):
+    result = CliRunner().invoke(app, ["check", str(path), *map(str, args), "--json"])
+    return result, (json.loads(result.stdout) if result.stdout.strip() else None)
+
+
+# A kernel whose fake (meta) implementation says it keeps less than the real one does: the class of
+# operator the fidelity check exists for. The real kernel saves a 2048-float workspace an example for its
+# backward pass; the fake one says 8.
+HOLDS_MORE = """
+import torch
+import torch.nn as nn
+
+try:
+    holds_more = torch.ops.bsadvisor_test.holds_more
+except (AttributeError, RuntimeError):
+    @torch.library.custom_op("bsadvisor_test::holds_more", mutates_args=())
+    def holds_more(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, x.new_zeros(x.shape[0], 2048)
+
+    @holds_more.register_fake
+    def _(x):
+        return torch.empty_like(x), x.new_empty(x.shape[0], 8)
+
+    def _setup(ctx, inputs, output):
+        ctx.save_for_backward(output[1])
+
+    def _backward(ctx, grad, grad_workspace):
+        return grad * 2
+
+    holds_more.register_autograd(_backward, setup_context=_setup)
+
+class M(nn.Module):
+    def __init__(s):
+        super().__init__(); s.a = nn.Linear(16, 16); s.b = nn.Linear(16, 4)
+    def forward(s, x):
+        return s.b(holds_more(s.a(x))[0])
+
+def model():
+    return M()
+
+def batch(n):
+    return torch.randn(n, 16), torch.randint(0, 4, (n,))
+"""
+
+
+def test_a_fake_kernel_that_holds_less_is_caught_and_corrected_from_real_steps(write_model):
+    spec = load_spec(write_model(HOLDS_MORE))
+    fidelity, smallest = hold_to_real_steps(spec, 0, 1, build_fake=True)
+    assert fidelity.checked and not fidelity.exact
+    real = StepTracer(spec, fake=False)
+    fake = StepTracer(spec, fake=True, batch_on_host=False)
+    for size in (16, 300):
+        truth = real.peak_like(spec.batch(size))
+        assert fake.peak(size) < truth <= fake.peak(size) + fidelity.gap(size)  # the gap fitted covers it
+
+    result, doc = check(write_model(HOLDS_MORE, "m2.py"), "--profile", "t4-16gb", "--batch-size", "64")
+    assert result.exit_code == 0, result.output
+    assert any(t["name"] == "fidelity_correction" and t["bytes"] > 0 for t in doc["terms"])
+    assert any("held less than real CPU steps" in n for n in doc["notes"])
+
+
+def test_on_the_cpu_the_largest_batch_comes_from_real_steps_when_the_trace_falls_short(write_model):
+    path = write_model(HOLDS_MORE)
+    spec = load_spec(path)
+    real = StepTracer(spec, fake=False)
+    budget = real.peak(1) + 200 * (real.peak(65) - real.peak(64))  # room for about 200 examples
+    result = CliRunner().invoke(app, ["max-batch", str(path), "--device", "cpu", "--memory", str(budget), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    lo, hi = 1, 4096
+    while hi - lo > 1:  # bisection over real steps
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if real.peak(mid) <= budget else (lo, mid)
+    assert doc["memory"]["max_batch"] == lo
+    assert doc["memory"]["method"] == CONFIRMED_ON_CPU
+    assert any("held less than real CPU steps" in n for n in doc["notes"])
+
+
+LSTM_LM = """
+import torch
+import torch.nn as nn
+
+class M(nn.Module):
+    def __init__(s):
+        super().__init__(); s.e = nn.Embedding(64, 16); s.r = nn.LSTM(16, 32, batch_first=True)
+        s.o = nn.Linear(32, 64)
+    def forward(s, x):
+        return s.o(s.r(s.e(x))[0])
+
+def model():
+    return M()
+
+def batch(n):
+    r = torch.randint(0, 64, (n, 9)); return r[:, :-1], r[:, 1:]
+"""
+
+
+def test_lstm_largest_batch_is_never_above_what_trains(write_model):
+    """The LSTM language model came out 3.5x over before the fake kernel's workspace was mended."""
+    spec = load_spec(write_model(LSTM_LM))
+    real = StepTracer(spec, fake=False)
+    budget = real.peak(1) + 60 * (real.peak(9) - real.peak(8))
+    result = find_max_batch(spec, Budget(budget, "test"), margin=0.1)
+    lo, hi = 1, 256
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if real.peak(mid) <= budget else (lo, mid)
+    assert result.max_batch == lo
+
+
+def test_check_builds_the_model_fake_and_allocates_nothing_its_size(tmp_path):
+    """8 GB of parameters, checked in a child process whose peak resident memory stays far below them."""
+    model = tmp_path / "big.py"
+    model.write_text(textwrap.dedent("""
+        import torch
+        def model():
+            return torch.nn.Sequential(torch.nn.Embedding(2_000_000, 1024), torch.nn.Linear(1024, 8))
+        def batch(n):
+            return torch.randint(0, 2_000_000, (n, 4)), torch.randint(0, 8, (n, 4))
+        def loss(m, b):
+            return torch.nn.functional.cross_entropy(m(b[0]).reshape(-1, 8), b[1].reshape(-1))
+    """))
+    script = ("import resource, sys, json\n"
+              "from typer.testing import CliRunner\n"
+              "from advisor.cli import app\n"
+              f"r = CliRunner().invoke(app, ['check', {str(model)!r}, '--profile', 'h100-sxm-80gb', '--batch-size', '4', '--json'])\n"
+              "print(json.dumps({'exit': r.exit_code, 'out': r.stdout, 'err': r.stderr,"
+              " 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["exit"] == 0, report["err"]
+    doc = json.loads(report["out"])
+    assert doc["traced_peak_bytes"] >= 4 * 8.2e9  # weights, gradients and AdamW's two moments, float32
+    assert report["rss"] < 1.5 * 2**30
+    assert any("FakeTensorMode" in n for n in doc["notes"])
+
+
+def test_host_memory_is_guarded_before_a_model_is_built_for_real(write_model):
+    path = write_model("""
+        import torch
+        def model():
+            return torch.nn.Linear(30000, 30000)  # 3.6 GB of float32 were it built
+        def batch(n):
+            return torch.randn(n, 30000), torch.randn(n, 30000)
+    """)
+    result = CliRunner().invoke(app, ["max-batch", str(path), "--device", "cpu", "--memory", "256MiB"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "nothing fits" in result.stderr and "nothing was built for real" in result.stderr
+
+
+BLOCKS = """
+import torch
+import torch.nn as nn
+
+class M(nn.Module):
+    def __init__(s):
+        super().__init__(); s.e = nn.Embedding(256, 128)
+        s.layers = nn.ModuleList(nn.Sequential(nn.Linear(128, 512), nn.GELU(), nn.Linear(512, 128)) for _ in range(4))
+        s.o = nn.Linear(128, 256)
+    def forward(s, x):
+        h = s.e(x)
+        for layer in s.layers:
+            h = h + layer(h)
+        return s.o(h)
+
+def model():
+    return M()
+
+def batch(n):
+    r = torch.randint(0, 256, (n, 9)); return r[:, :-1], r[:, 1:]
+"""
+
+
+def test_shard_traces_one_gpu_of_n_under_fsdp2(write_model):
+    path = write_model(BLOCKS)
+    spec = load_spec(path)
+    params = sum(p.numel() for p in spec.model().parameters()) * 4
+    states = 4 * params  # weights, gradients, AdamW's two moments, float32
+    unit = (128 * 512 * 2 + 512 + 128) * 4  # one block, the largest unit FSDP gathers
+    root = (256 * 128 * 2 + 256) * 4          # embedding and head: the root unit, gathered for the whole step
+    n = 4
+    try:
+        unsharded = StepTracer(spec, build_fake=True, batch_on_host=False).peak(2)
+        sharded = StepTracer(spec, build_fake=True, batch_on_host=False, prepare=fully_sharded(n)).peak(2)
+    finally:
+        release()
+    assert states / n <= sharded < unsharded
+    assert unsharded - sharded >= (1 - 1 / n) * states - 3 * unit - 2 * root
+
+    result, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "2", "--shard", n)
+    assert result.exit_code == 0, result.output
+    assert doc["shard"] == n and "FSDP2" in doc["method"]
+    assert any(t["name"] == "nccl_buffers" for t in doc["terms"])
+
+
+def test_where_fsdp2_cannot_shard_the_model_the_estimate_is_arithmetic_and_says_so(write_model, monkeypatch):
+    import torch.distributed.fsdp as fsdp
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot shard this")
+
+    monkeypatch.setattr(fsdp, "fully_shard", refuse)
+    path = write_model(BLOCKS)
+    result, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "2", "--shard", "4")
+    assert result.exit_code == 0, result.output
+    term = next(t for t in doc["terms"] if t["name"] == "sharded_model_states")
+    assert term["bytes"] < 0 and "arithmetically" in term["source"] and "arithmetically" in doc["method"]
+    assert any("arithmetic estimate" in n and "cannot shard this" in n for n in doc["notes"])
+    params = list(load_spec(path).model().parameters())
+    states = 4 * 4 * sum(p.numel() for p in params) + 4 * len(params)  # float32 AdamW: moments and a step count each
+    assert term["bytes"] == -round(states * 3 / 4)  # the unsharded trace, less 3/4 of the model states
+    # max-batch takes --shard the same way (and recommend, whose memory limit is max-batch's)
+    result = CliRunner().invoke(app, ["max-batch", str(path), "--profile", "a100-sxm-40gb", "--shard", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "one rank of 4" in json.loads(result.stdout)["memory"]["method"]
+
+
+def test_shard_needs_a_profile_and_two_or_more_gpus(write_model):
+    path = write_model(BLOCKS)
+    for args, fragment in ((["--profile", "t4-16gb", "--shard", "1"], "--shard"),
+                           (["--profile", "t4-16gb", "--shard", "0"], "--shard"),
+                           (["--profile", "t4-16gb", "--attention", "fast"], "--attention")):
+        result = CliRunner().invoke(app, ["check", str(path), "--batch-size", "2", *args])
+        assert result.exit_code == 2 and fragment in result.stderr and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["max-batch", str(path), "--device", "cpu", "--shard", "4"])
+    assert result.exit_code == 2 and "--profile" in result.stderr
+
+
+@pytest.mark.parametrize("capability,dtype,head,masked,expected", [
+    ((9, 0), torch.bfloat16, 128, False, "flash"),
+    ((8, 0), torch.float16, 64, False, "flash"),
+    ((8, 0), torch.bfloat16, 64, True, "efficient"),     # flash takes no mask
+    ((9, 0), torch.float32, 64, False, "efficient"),     # flash is half precision only
+    ((7, 5), torch.float16, 64, False, "efficient"),     # T4: no flash
+    ((7, 5), torch.bfloat16, 64, False, "math"),         # T4: no bfloat16 kernel
+    ((8, 6), torch.float16, 320, False, "efficient"),    # flash stops at head size 256
+    ((8, 0), torch.float16, 60, False, "math"),          # neither takes a head size off 8
+    (None, torch.float16, 64, False, "math"),
+])
+def test_attention_backend_by_capability_dtype_and_shape(capability, dtype, head, masked, expected):
+    assert gpu_backend(capability, dtype, head, masked) == expected
+
+
+GPT = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+T = 128
+
+class M(nn.Module):
+    def __init__(s):
+        super().__init__(); s.e = nn.Embedding(64, 64, dtype=torch.bfloat16); s.qkv = nn.Linear(64, 192, dtype=torch.bfloat16)
+        s.o = nn.Linear(64, 64, dtype=torch.bfloat16)
+    def forward(s, x):
+        h = s.e(x); b = x.shape[0]
+        q, k, v = s.qkv(h).view(b, T, 3, 4, 16).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.1)
+        return (s.o(y.transpose(1, 2).reshape(b, T, 64)) @ s.e.weight.T).float()
+
+def model():
+    return M()
+
+def batch(n):
+    r = torch.randint(0, 64, (n, T + 1)); return r[:, :-1], r[:, 1:]
+
+def loss(m, b):
+    return F.cross_entropy(m(b[0]).reshape(-1, 64), b[1].reshape(-1))
+"""
+
+
+def test_attention_is_traced_as_the_profiled_gpu_runs_it(write_model):
+    path = write_model(GPT)
+    spec = load_spec(path)
+    peaks = {}
+    for backend in ("flash", "math"):
+        kernel = GpuAttention(backend, (8, 0))
+        peaks[backend] = StepTracer(spec, build_fake=True, batch_on_host=False, around_step=lambda k=kernel: k).peak(4)
+        assert kernel.used == {backend: 2}  # the warm-up step and this one
+    scores = 4 * 4 * 128 * 128 * 2  # B·H·L² bfloat16 weights the math path keeps (its dropout mask beside them)
+    assert peaks["math"] - peaks["flash"] >= scores
+    # activation checkpointing recomputes the attention in the backward pass with the same kernel
+    checkpointed = load_spec(write_model(GPT.replace("        h = s.e(x); b = x.shape[0]\n", "        h = s.e(x); b = x.shape[0]\n"
+                                                     "        return torch.utils.checkpoint.checkpoint(s.rest, h, b, use_reentrant=False)\n"
+                                                     "    def rest(s, h, b):\n"), "checkpointed.py"))
+    kernel = GpuAttention("flash", (8, 0))
+    StepTracer(checkpointed, build_fake=True, batch_on_host=False, around_step=lambda: kernel).peak(4)
+    assert kernel.used == {"flash": 4}  # two steps, each a forward and a recomputation
+    _, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "4")
+    assert "flash" in doc["method"] and any("flash" in n for n in doc["notes"])  # chosen: bfloat16, head 16, A100
+    _, cpu_profile = check(path, "--profile", write_cpu_profile(path.parent), "--batch-size", "4")
+    assert "flash" not in cpu_profile["method"]  # a CPU profile runs the CPU's own kernels
+
+
+def write_cpu_profile(folder):
+    profile = {**load("t4-16gb"), "name": "a-cpu", "device_type": "cpu", "compute_capability": None}
+    path = folder / "a-cpu.json"
+    path.write_text(json.dumps(profile))
+    return path
+
+
+def test_cuda_terms_are_labelled_and_sum_to_the_peak(write_model, tmp_path):
+    path = write_model(GPT)
+    _, h100 = check(path, "--profile", "h100-sxm-80gb", "--batch-size", "4")
+    assert h100["peak_bytes"] == sum(t["bytes"] for t in h100["terms"])
+    names = {t["name"]: t for t in h100["terms"]}
+    assert names["cublas_workspace"]["bytes"] == HOPPER_WORKSPACE
+    assert 0 <= names["allocator_rounding"]["bytes"] and all(t["source"] for t in h100["terms"])
+    assert sum(t["bytes"] for t in h100["budget_terms"]) == h100["usable_bytes"]
+    assert "nccl_buffers" not in names  # one GPU: no communicator
+    measured = {**load("a100-sxm-40gb"), "name": "mine", "source": "measured", "cublas_workspace_bytes": 12345}
+    assert cublas_workspace(measured).bytes == 12345 and "measured" in cublas_workspace(measured).source
+    assert cublas_workspace(load("a100-sxm-40gb")).bytes == DEFAULT_WORKSPACE
+    assert device_terms({**load("t4-16gb"), "device_type": "cpu"}, shard=None) == []
+
+
+def test_the_tracker_rounds_each_allocation_as_the_caching_allocator_does():
+    tracker = LiveStorageTracker()
+    with tracker:
+        a = torch.empty(1, dtype=torch.uint8)      # 1 byte: a 512-byte block
+        b = torch.empty(513, dtype=torch.uint8)    # 1024
+        c = torch.empty(0)                         # nothing
+        assert (tracker.current_bytes, tracker.current_rounded) == (514, 1536)
+    del a, b, c
