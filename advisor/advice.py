@@ -242,10 +242,10 @@ class Recommendation:
     warmup_examples: int = 0
 
 
-def recommend(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int, base_lr: float,
-              family: str, max_micro: int, devices: int = 1, min_micro: int = 1, base_beta2: float | None = None,
-              warmup_examples: int | None = None, tolerance: float = PLATEAU_TOLERANCE,
-              measured: tuple[int, str] | None = None) -> Recommendation:
+def rule_recommendation(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int,
+                        base_lr: float, family: str, max_micro: int, devices: int = 1, min_micro: int = 1,
+                        base_beta2: float | None = None, warmup_examples: int | None = None,
+                        tolerance: float = PLATEAU_TOLERANCE, measured: tuple[int, str] | None = None) -> Recommendation:
     """The batch: of the plateau of batches within `tolerance` of the best goodput, the one closest to the
     base batch (the base itself when it is on the plateau): a deterministic rule that timing noise moves
     only as far as it moves the plateau's edge, and the smallest change from a setting known to train;
@@ -327,7 +327,7 @@ def batch_schedule(fit: StepTimeFit, optimizer_seconds: float, series: list[tupl
     for examples, phi in series:
         if not math.isfinite(phi) or phi <= 0:
             continue
-        rec = recommend(fit, optimizer_seconds, phi, final.base_batch, final.base_lr, final.optimizer_family,
+        rec = rule_recommendation(fit, optimizer_seconds, phi, final.base_batch, final.base_lr, final.optimizer_family,
                         max_micro, devices, min_micro)
         plan = rec.plan
         if entries and plan.batch_size < SCHEDULE_STEP * entries[-1][1].batch_size:
@@ -346,6 +346,38 @@ def batch_schedule(fit: StepTimeFit, optimizer_seconds: float, series: list[tupl
             step += math.ceil((examples - previous_examples) / previous_plan.batch_size)
         schedule.append(ScheduleEntry(step, examples, plan, lr, phi))
     return tuple(schedule)
+
+
+def candidate_rows(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, rec: Recommendation,
+                   timed: dict[int, float], asked: list[int], safe_max_batch: int,
+                   peak_at, tracked: set[int]) -> list[dict]:
+    """The candidates table's rows: the timed batch sizes (`timed`: per-device batch -> measured step seconds),
+    the sizes asked for, the base, the recommendation and the largest that fits; each figure says where it
+    came from. `peak_at(micro)`: a micro-batch's peak bytes; `tracked`: the micro-batches whose peak was traced."""
+    phi, base = noise_scale, rec.base_batch
+    n = rec.plan.devices  # batches here are global: n devices x micro-batch x accumulation
+    timed_global = {n * b: seconds for b, seconds in timed.items()}
+    sizes = sorted(set(timed_global) | {n * b for b in asked} | {base, rec.plan.batch_size, n * safe_max_batch})
+    base_goodput = goodput(plan_for_batch(fit, optimizer_seconds, base, safe_max_batch, n), phi, base)
+    rows = []
+    for size in sizes:
+        plan = rec.plan if size == rec.plan.batch_size else (
+            make_plan(fit, optimizer_seconds, size // n, 1, n) if size <= n * safe_max_batch and size % n == 0
+            else plan_for_batch(fit, optimizer_seconds, size, safe_max_batch, n))
+        measured = size in timed_global and plan.accumulation_steps == 1
+        seconds = timed_global[size] if measured else plan.step_seconds
+        rows.append({
+            "batch": size, "micro_batch": plan.micro_batch, "accumulation_steps": plan.accumulation_steps,
+            "devices": n,
+            "peak_bytes": peak_at(plan.micro_batch),
+            "peak_source": "tracked" if plan.micro_batch in tracked else "estimated",
+            "step_seconds": seconds, "step_source": "measured" if measured else "estimated",
+            "samples_per_second": size / seconds,
+            "statistical_efficiency": statistical_efficiency(size, phi, base),
+            "goodput_vs_base": goodput(plan, phi, base) / base_goodput,
+            "recommended": size == rec.plan.batch_size, "base": size == base,
+        })
+    return rows
 
 
 def ring_allreduce_seconds(grad_bytes: float, devices: int, bandwidth_gb_per_s: float, latency_us: float) -> float:
@@ -376,7 +408,7 @@ def cluster_plan(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float,
     to the batch-independent time α and to the once-per-update time τ, so T = k·(α − τ + β·m) + τ + AR."""
     allreduce = ring_allreduce_seconds(grad_bytes, gpus, bandwidth_gb_per_s, latency_us)
     with_comm = StepTimeFit(fit.alpha + allreduce, fit.beta)
-    rec = recommend(with_comm, optimizer_seconds + allreduce, noise_scale, base_batch, base_lr, family, max_micro,
+    rec = rule_recommendation(with_comm, optimizer_seconds + allreduce, noise_scale, base_batch, base_lr, family, max_micro,
                     devices=gpus, min_micro=min_micro)
     measured = f"{measured_devices} ranks" if measured_devices > 1 else "one device"
     method = (f"predicted: per-device step time {measured_on} ({measured}) plus a ring all-reduce of "

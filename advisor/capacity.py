@@ -10,18 +10,13 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from advisor.device import Budget
-from advisor.hardware.profiles import usable_bytes
+from advisor.hardware.profiles import profile_budget
 from advisor.memory.cuda_overheads import Term
 from advisor.memory.profiled import trace_for_profile
 from advisor.memory.search import largest_fitting_batch
 from advisor.memory.trace import release_trace_caches
+from advisor.results import SCHEMA_VERSION
 from advisor.spec import ModelSpec
-
-
-def profile_budget(profile: dict) -> Budget:
-    return Budget(usable_bytes(profile), f"profile {profile['name']} ({profile['source']}): "
-                                         "total - reserved - context overhead")
 
 
 @dataclass(frozen=True)
@@ -52,6 +47,22 @@ class CapacityCheck:
     @property
     def headroom_bytes(self) -> int:
         return self.budget_bytes - self.peak_bytes
+
+    def to_dict(self) -> dict:
+        """The JSON document `bsadvisor check --json` prints."""
+        return {
+            "schema_version": SCHEMA_VERSION, "fits": self.fits, "passed": self.passed,
+            "batch_size": self.batch_size, "peak_bytes": self.peak_bytes, "budget_bytes": self.budget_bytes,
+            "usable_bytes": self.usable_bytes, "margin": self.margin, "headroom_bytes": self.headroom_bytes,
+            "max_batch": self.max_batch, "min_max_batch": self.min_max_batch, "profile": self.profile,
+            "method": f"{self.method}; plus the CUDA terms listed; budget from the profile",
+            "traced_peak_bytes": next((t.bytes for t in self.terms if t.name == "traced_step"), None),
+            "terms": [t.to_json() for t in self.terms],
+            "budget_terms": [t.to_json() for t in self.budget_terms],
+            "shard": self.shard,
+            "notes": self.notes,
+            "seconds": self.seconds,
+        }
 
 
 def check_capacity(spec: ModelSpec, profile: dict, batch_size: int, margin: float,

@@ -1,13 +1,18 @@
-"""The `bsadvisor` command line: parses flags, calls the pipeline, renders. Nothing else."""
+"""The `bsadvisor` command line: parses flags, calls the Python API (advisor/api.py), renders. Nothing else.
+
+Around the API it adds what a command owns and a library must not: stdout kept for the report (the model
+file's prints go to stderr), progress bars, SIGTERM handled like Ctrl-C, errors as one line and an exit code,
+and a last resort for a hang the library cannot interrupt (a call stuck in C code past the step timeout).
+"""
 
 import contextlib
 import ctypes
 import json
-import math
 import os
 import signal
 import sys
 import threading
+import warnings
 from typing import Annotated, Optional
 
 import typer
@@ -16,8 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from advisor import __version__
 from advisor.errors import (EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, EXIT_PROBE_FAILED, EXIT_TERMINATED, AdvisorError,
-                            BadInput, Terminated, one_line)
-from advisor.watchdog import DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_STEP_TIMEOUT, probe, watching
+                            Terminated, one_line)
+from advisor.watchdog import DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_STEP_TIMEOUT, last_resort
 
 app = typer.Typer(
     help="Which batch size and which learning rate: measured memory, throughput and gradient noise.",
@@ -103,7 +108,7 @@ def max_batch_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
                       seed: SeedOpt = 0, step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT,
                       isolate: IsolateOpt = False, json_out: JsonOpt = False) -> None:
     """The largest batch whose steady-state training step fits the memory budget."""
-    _run(model, device, json_out, "memory", sections=("memory",), isolate=isolate, memory=memory,
+    _run(model, device, json_out, "memory", isolate=isolate, memory=memory,
          margin=margin, profile=profile, shard=shard, attention=attention, seed=seed, step_timeout=step_timeout)
 
 
@@ -119,20 +124,18 @@ def check_command(model: Model,
                   seed: SeedOpt = 0, step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, json_out: JsonOpt = False) -> None:
     """CI capacity check, no GPU needed: exit 0 when the batch fits the profiled device, 1 when not."""
     with _guarded() as err:
-        from advisor.capacity import check_capacity
-        from advisor.hardware.profiles import load
-        from advisor.report import check_json, render_check
-        from advisor.spec import load_spec
+        from advisor.api import run_check
+        from advisor.settings import make_settings
+        from advisor.tables import render_check
 
-        settings = _settings(margin=margin, seed=seed, step_timeout=step_timeout, check_batch=batch_size,
-                             min_max_batch=min_max_batch, shard=shard, attention=attention, profile=profile)
-        profile_doc = load(profile)
-        with _user_output_to_stderr(), watching(settings.step_timeout), probe("capacity check"):
-            result = check_capacity(load_spec(model), profile_doc, batch_size, margin, min_max_batch, seed,
-                                    shard=shard, attention=attention)
+        settings = make_settings(margin=margin, seed=seed, step_timeout=step_timeout, check_batch=batch_size,
+                                 min_max_batch=min_max_batch, shard=shard, attention=attention, profile=profile)
+        with _user_output_to_stderr(), last_resort(_exit_probe_failed):
+            result = run_check(model, settings, batch_size, min_max_batch)
         for note in result.notes:
             err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
-        _emit(check_json(result), json_out, lambda out: render_check(result, out))
+        doc = result.to_dict()
+        _emit(doc, json_out, lambda out: render_check(doc, out))
     if not result.passed:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 
@@ -147,7 +150,7 @@ def profile_list_command(json_out: JsonOpt = False) -> None:
     """The profiles bsadvisor knows: yours (saved here) and the shipped datasheet ones."""
     with _guarded() as err:
         from advisor.hardware.profiles import list_profiles
-        from advisor.report import render_profiles
+        from advisor.tables import render_profiles
 
         profiles, problems = list_profiles()
         for problem in problems:
@@ -161,7 +164,7 @@ def profile_show_command(name: Annotated[str, typer.Argument(help="A profile nam
     """One profile's fields."""
     with _guarded():
         from advisor.hardware.profiles import load
-        from advisor.report import render_profile
+        from advisor.tables import render_profile
 
         profile = load(name)
         _emit(profile, json_out, lambda out: render_profile(profile, out))
@@ -201,7 +204,7 @@ def noise_command(model: Model, device: DeviceOpt = "auto",
                   nproc_per_node: NprocOpt = None, collective_timeout: CollectiveTimeoutOpt = DEFAULT_COLLECTIVE_TIMEOUT,
                   json_out: JsonOpt = False) -> None:
     """The gradient noise scale B_simple (McCandlish et al. 2018) with a 95% interval."""
-    _run(model, device, json_out, "noise", sections=("noise",), isolate=isolate, nproc_per_node=nproc_per_node,
+    _run(model, device, json_out, "noise", isolate=isolate, nproc_per_node=nproc_per_node,
          noise_batch=batch_size, base_batch=base_batch, noise_warmup_steps=noise_warmup_steps,
          noise_budget=noise_budget, noise_snapshots=snapshots, memory=memory, seed=seed, step_timeout=step_timeout,
          collective_timeout=collective_timeout)
@@ -218,7 +221,7 @@ def throughput_command(model: Model, device: DeviceOpt = "auto",
                        collective_timeout: CollectiveTimeoutOpt = DEFAULT_COLLECTIVE_TIMEOUT,
                        json_out: JsonOpt = False) -> None:
     """Seconds per training step against batch size (per device in a distributed job)."""
-    _run(model, device, json_out, "throughput", sections=("throughput",), isolate=isolate,
+    _run(model, device, json_out, "throughput", isolate=isolate,
          nproc_per_node=nproc_per_node, batch_sizes=batch_sizes, memory=memory, max_step_seconds=max_step_seconds,
          seed=seed, step_timeout=step_timeout, collective_timeout=collective_timeout)
 
@@ -312,41 +315,46 @@ def _emit(doc: dict, json_out: bool, render_tables) -> None:
         render_tables(Console())
 
 
-def _run(model: str, device: str, json_out: bool, probe_name: str, sections: tuple[str, ...] | None = None,
-         isolate: bool = False, nproc_per_node: int | None = None, **flags) -> None:
-    """Load, probe (here, in a child process with --isolate, or on N ranks), render (rank 0 only)."""
+def _run(model: str, device: str, json_out: bool, probe_name: str, isolate: bool = False,
+         nproc_per_node: int | None = None, **flags) -> None:
+    """Check the flags, probe (here, in a child process with --isolate, or on N ranks), render (rank 0 only)."""
     with _guarded() as err:
         from advisor import distributed
-        from advisor.report import render_doc, to_json
+        from advisor.settings import check_run_mode, make_settings
+        from advisor.tables import render_doc
 
-        launching = nproc_per_node is not None and not distributed.in_job()
-        settings = _settings(**flags, nproc_per_node=nproc_per_node if launching else None, device=device)
-        if launching:
-            if isolate:
-                raise BadInput("--isolate and --nproc-per-node do not combine: the ranks are child processes already")
+        settings = make_settings(**flags)
+        check_run_mode(isolate, nproc_per_node, device, distributed.in_job(), settings.shard)
+        if nproc_per_node is not None and not distributed.in_job():
             distributed.launch(sys.argv[1:], nproc_per_node)
             return
-        if distributed.in_job():
-            if isolate:
-                raise BadInput("--isolate does not combine with a distributed job")
-            if settings.shard:
-                raise BadInput("--shard does not combine with a distributed job: it traces one rank of N in one process")
         if probe_name in ("recommendation", "noise") and distributed.rank() == 0 and err.is_terminal:
             err.print(f"note: {_how_long(settings, probe_name)}", highlight=False, soft_wrap=True)
         if isolate:
             from advisor.isolate import run_isolated
 
-            doc = run_isolated(model, device, settings, probe_name, sections)
+            doc = run_isolated(model, device, settings, probe_name)
         else:
-            from advisor.pipeline import run_probe
+            from advisor.api import run
 
-            with _progress(err) as progress, _user_output_to_stderr(), watching(settings.step_timeout):
-                doc = to_json(run_probe(model, device, settings, probe_name, progress), sections)
+            with _progress(err) as progress, _user_output_to_stderr(), last_resort(_exit_probe_failed):
+                doc = run(model, settings, probe_name, device, progress).to_dict()
         if distributed.rank() != 0:
             return
         for note in doc["notes"]:
             err.print(f"note: {note}", highlight=False)
         _emit(doc, json_out, lambda out: render_doc(doc, out))
+
+
+def _exit_probe_failed(message: str) -> None:
+    """The last resort for a call that hangs in C code past the step timeout, where no exception reaches: one
+    line (a launched rank leaves it for the launcher to say), and the process ends with exit 4."""
+    from advisor.distributed import leave_error
+
+    if not leave_error(EXIT_PROBE_FAILED, message):
+        sys.stderr.write(f"bsadvisor: error: {message}\n")
+        sys.stderr.flush()
+    os._exit(EXIT_PROBE_FAILED)
 
 
 def _how_long(settings, probe_name: str) -> str:
@@ -355,154 +363,6 @@ def _how_long(settings, probe_name: str) -> str:
              and settings.lr_sweep else "")
     return (f"probing takes roughly the noise probe's budget ({settings.noise_budget.describe()}){sweep}, and seconds "
             "to a minute for memory and throughput (--noise-budget sets it)")
-
-
-MAX_BATCH = 10**12          # examples: a batch, a base batch, a floor; far above any device's memory
-MAX_STEPS = 100_000         # --noise-warmup-steps, --snapshots: each is a training step or more
-MIN_SNAPSHOTS = 4           # the bootstrap interval over snapshots needs a few of them
-MAX_SECONDS = 1e7           # --step-timeout, --collective-timeout (about 115 days)
-MAX_PLAN_GPUS = 1_000_000
-MAX_BASE_LR = 1e6
-
-
-def _settings(memory: str | None = None, margin: float = 0.1, base_batch: int | None = None,
-              base_lr: float | None = None, noise_warmup_steps: int = 10, noise_batch: int | None = None,
-              noise_snapshots: int = 16, noise_budget: str = "30s", lr_sweep: bool = True,
-              target_loss: float | None = None,
-              batch_sizes: str | None = None, max_step_seconds: float = 1.0,
-              seed: int = 0, profile: str | None = None, step_timeout: float = DEFAULT_STEP_TIMEOUT,
-              collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT, plan_gpus: int | None = None,
-              check_batch: int | None = None, min_max_batch: int | None = None, nproc_per_node: int | None = None,
-              device: str = "auto", shard: int | None = None, attention: str | None = None):
-    """The flags, checked, in this one place: each problem is a BadInput that names the flag, the value and
-    what is expected. Every number is bounded, so no later step overflows or runs for ever."""
-    from advisor.hardware.profiles import load
-    from advisor.pipeline import Settings
-    from advisor.units import parse_size
-
-    memory_bytes = None
-    if memory is not None:
-        try:
-            memory_bytes = parse_size(memory)
-        except BadInput as exc:
-            raise BadInput(f"--memory: {exc}") from None
-    if not 0 <= margin < 1:  # false for NaN too
-        raise BadInput(f"--margin must be a fraction in [0, 1), got {margin}")
-    for flag, value in (("--base-batch", base_batch), ("--batch-size", noise_batch), ("--batch-size", check_batch),
-                        ("--min-max-batch", min_max_batch)):
-        if value is not None and not 1 <= value <= MAX_BATCH:
-            raise BadInput(f"{flag} must be a positive integer of at most {MAX_BATCH:.0e} examples, "
-                           f"got {_shown(value)}")
-    if noise_batch is not None and noise_batch < 2:
-        raise BadInput(f"--batch-size must be at least 2 (the noise scale compares micro-batches), got {noise_batch}")
-    if not MIN_SNAPSHOTS <= noise_snapshots <= MAX_STEPS:
-        raise BadInput(f"--snapshots must be an integer from {MIN_SNAPSHOTS} (what the bootstrap interval needs) "
-                       f"to {MAX_STEPS}, got {_shown(noise_snapshots)}")
-    if not 0 <= noise_warmup_steps <= MAX_STEPS:
-        raise BadInput(f"--noise-warmup-steps must be an integer from 0 to {MAX_STEPS}, got {_shown(noise_warmup_steps)}")
-    if base_lr is not None and not (math.isfinite(base_lr) and 0 < base_lr <= MAX_BASE_LR):
-        raise BadInput(f"--base-lr must be a positive number of at most {MAX_BASE_LR:g}, got {base_lr}")
-    if not (math.isfinite(max_step_seconds) and max_step_seconds > 0):
-        raise BadInput(f"--max-step-seconds must be a positive number of seconds, got {max_step_seconds}")
-    for flag, value in (("--step-timeout", step_timeout), ("--collective-timeout", collective_timeout)):
-        if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
-            raise BadInput(f"{flag} must be a positive number of seconds of at most {MAX_SECONDS:g}, got {value}")
-    if plan_gpus is not None and not 1 <= plan_gpus <= MAX_PLAN_GPUS:
-        raise BadInput(f"--plan-gpus must be a positive integer of at most {MAX_PLAN_GPUS}, got {_shown(plan_gpus)}")
-    if plan_gpus is not None and profile is None:
-        raise BadInput("--plan-gpus needs --profile: the interconnect's bandwidth and latency come from it")
-    if target_loss is not None and not math.isfinite(target_loss):
-        raise BadInput(f"--target-loss must be a finite number, got {target_loss}")
-    if not 0 <= seed < 2**63:  # the ranks seed with seed + 1 + rank, which must stay a 64-bit seed
-        raise BadInput(f"--seed must be an integer in [0, 2**63), got {_shown(seed)}")
-    if nproc_per_node is not None:
-        _check_nproc(nproc_per_node, device)
-    _check_shard(shard, attention, profile, nproc_per_node)
-    return Settings(
-        memory_bytes=memory_bytes, margin=margin, base_batch=base_batch,
-        base_lr=base_lr, noise_warmup_steps=noise_warmup_steps, noise_batch=noise_batch,
-        noise_snapshots=noise_snapshots, noise_budget=_noise_budget(noise_budget), lr_sweep=lr_sweep,
-        target_loss=target_loss,
-        batch_sizes=_batch_list(batch_sizes) if batch_sizes is not None else None,
-        max_step_seconds=max_step_seconds, seed=seed, step_timeout=step_timeout,
-        profile=load(profile) if profile is not None else None, collective_timeout=collective_timeout,
-        plan_gpus=plan_gpus, shard=shard, attention=attention)
-
-
-def _check_shard(shard: int | None, attention: str | None, profile: str | None, nproc_per_node: int | None) -> None:
-    """--shard N (2 to 4096 ranks, with a profile: the GPUs it shards over) and --attention (a kernel name)."""
-    from advisor.memory.attention import BACKENDS
-    from advisor.memory.shard import MAX_SHARD
-
-    if shard is not None:
-        if not 2 <= shard <= MAX_SHARD:
-            raise BadInput(f"--shard must be a number of GPUs from 2 to {MAX_SHARD}, got {_shown(shard)}")
-        if profile is None:
-            raise BadInput("--shard needs --profile: it traces one GPU of N as the profiled device runs it")
-        if nproc_per_node is not None:
-            raise BadInput("--shard and --nproc-per-node do not combine: --shard traces one rank of N in this process")
-    if attention is not None:
-        if attention not in BACKENDS:
-            raise BadInput(f"--attention {attention[:40]!r}: expected one of {', '.join(BACKENDS)}")
-        if profile is None:
-            raise BadInput("--attention needs --profile: it names the kernel the profiled GPU runs")
-
-
-def _noise_budget(text: str):
-    """'30s', '30' (seconds) or '400steps' -> a NoiseBudget."""
-    from advisor.probes.noise import NoiseBudget
-
-    value = text.strip().lower()
-    unit = "steps" if value.endswith("steps") else "s"
-    number = value[:-len(unit)] if value.endswith(unit) else value
-    try:
-        amount = float(number) if unit == "s" else int(number)
-    except ValueError:
-        amount = None
-    if amount is None or not math.isfinite(amount) or amount <= 0 or amount > 10**7:
-        shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
-        raise BadInput(f"--noise-budget {shown}: expected seconds (30s) or training steps (400steps), positive")
-    return NoiseBudget(seconds=amount) if unit == "s" else NoiseBudget(seconds=None, steps=amount)
-
-
-def _shown(value: int) -> str:
-    """An integer flag's value as the message shows it: 10**30 is not printed digit by digit."""
-    text = str(value)
-    return text if len(text) <= 20 else f"{text[:6]}... ({len(text)} digits)"
-
-
-def _check_nproc(nproc: int, device: str) -> None:
-    """--nproc-per-node: one rank per GPU on CUDA, at most one per core on the CPU."""
-    import torch
-
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        limit, what = torch.cuda.device_count(), "GPUs"
-    else:
-        limit, what = os.cpu_count() or 1, "CPU cores"
-    if nproc < 1:
-        raise BadInput(f"--nproc-per-node must be a positive integer, got {_shown(nproc)}")
-    if limit >= 1 and nproc > limit:
-        raise BadInput(f"--nproc-per-node {_shown(nproc)}: this machine has {limit} {what}; "
-                       f"at most one rank per {what[:-1] if what == 'GPUs' else 'CPU core'}")
-
-
-def _batch_list(text: str) -> list[int]:
-    """'8,16,64' -> [8, 16, 64]: positive integers, separated by commas (spaces and a trailing comma allowed)."""
-    shown = repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
-    expected = "expected comma-separated positive integers like 8,16,64"
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts:
-        raise BadInput(f"--batch-sizes {shown}: no batch size given; {expected}")
-    for part in parts:
-        if not (part.isascii() and part.isdigit()):
-            raise BadInput(f"--batch-sizes {shown}: {part[:20]!r} is not a positive integer; {expected}")
-        if len(part) > 18 or int(part) > MAX_BATCH:
-            raise BadInput(f"--batch-sizes {shown}: {part[:20]!r} is far too large a batch (at most {MAX_BATCH:.0e})")
-    sizes = [int(part) for part in parts]
-    if min(sizes) < 1:
-        raise BadInput(f"--batch-sizes {shown}: batch sizes must be at least 1; {expected}")
-    return sizes
 
 
 @contextlib.contextmanager
@@ -545,4 +405,6 @@ def _stages(err: Console):
 
 
 def main() -> None:
+    # torch installed without numpy warns as it loads; bsadvisor needs no numpy, so users needn't read it
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     app()

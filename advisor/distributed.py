@@ -62,15 +62,16 @@ def local_rank() -> int:
 
 
 @contextlib.contextmanager
-def process_group(device: torch.device, timeout: float):
-    """Join the job for the body (nothing to do outside one): NCCL on CUDA, Gloo on the CPU."""
+def process_group(device, timeout: float):
+    """Join the job for the body (nothing to do outside one), with the collective backend the device's
+    kind uses (`device`, a devices.Backend: NCCL on CUDA, Gloo on the CPU)."""
     if not in_job() or active():
         yield
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    backend = device.collective_backend
     try:
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout), **kwargs)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout),
+                                **device.process_group_options())
     except Exception as exc:  # the rendezvous or the backend: no job to run in
         raise ProbeFailed(f"rank {rank()}: cannot join the {backend} process group: {exc}") from None
     try:
@@ -114,15 +115,15 @@ def reduce_floats(values: list[float], op: str, what: str, device: torch.device)
     return t.tolist()
 
 
-def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """DistributedDataParallel in a job (its gradient buckets, its all-reduce), the model itself otherwise."""
+def wrap(model: torch.nn.Module, device) -> torch.nn.Module:
+    """DistributedDataParallel in a job (its gradient buckets, its all-reduce), the model itself otherwise
+    (`device`, a devices.Backend, says its device ids)."""
     if not active():
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    ids = [device.index] if device.type == "cuda" else None
     with collective("wrapping the model in DistributedDataParallel"):
-        return DistributedDataParallel(model, device_ids=ids)
+        return DistributedDataParallel(model, device_ids=device.ddp_device_ids())
 
 
 def bucket_bytes(model: torch.nn.Module) -> int:

@@ -2,15 +2,15 @@
 (an abort, a segfault, os._exit) ends the child, not the advisor, which reports it in one line (exit 4).
 
 The parent writes the request (model file, device, settings, which probe) as JSON to the child's
-stdin; the child (`python -m advisor.isolate`) runs the same pipeline under its own watchdog and
-writes the report's JSON document, or an expected error's exit code and message, to a file the
-parent named. Nothing is pickled. What the child prints (the model file's output, warnings) is
+stdin; the child (`python -m advisor.isolate`) runs the same API call (advisor.api.run) and writes
+the report's JSON document, or an expected error's exit code and message, to a file the parent
+named. A call that hangs in C code past the step timeout, which no exception reaches, ends the child
+with its one line on stderr (the watchdog's last resort), which the parent reports. Nothing is pickled. What the child prints (the model file's output, warnings) is
 passed on to stderr once it has finished, so the parent's stdout stays the report alone.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -19,18 +19,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from advisor.errors import EXIT_INTERRUPTED, AdvisorError, BadInput, DeviceUnavailable, ProbeFailed
+from advisor.errors import EXIT_INTERRUPTED, EXIT_PROBE_FAILED, AdvisorError, BadInput, DeviceUnavailable, ProbeFailed
 
 _ERRORS = {cls.exit_code: cls for cls in (BadInput, DeviceUnavailable, ProbeFailed)}
 _PREFIX = "bsadvisor: error: "
 
 
-def run_isolated(model: str, device: str, settings, probe: str, sections: tuple[str, ...] | None) -> dict:
+def run_isolated(model: str, device: str, settings, probe: str) -> dict:
     """The JSON document of `probe` run in a child process; a crash there is a ProbeFailed."""
     with tempfile.TemporaryDirectory(prefix="bsadvisor-isolate-") as folder:
         result_path = Path(folder) / "result.json"
-        request = {"model": str(model), "device": device, "settings": dataclasses.asdict(settings), "probe": probe,
-                   "sections": list(sections) if sections else None, "result": str(result_path)}
+        request = {"model": str(model), "device": device, "settings": settings.to_dict(), "probe": probe,
+                   "result": str(result_path)}
         child = subprocess.run([sys.executable, "-m", "advisor.isolate"], input=json.dumps(request),
                                capture_output=True, text=True, errors="replace")
         result = json.loads(result_path.read_text()) if result_path.exists() else {}
@@ -64,17 +64,19 @@ def crash_message(returncode: int, stderr: str) -> str:
 
 
 def _child() -> int:
-    from advisor.pipeline import Settings, run_probe
-    from advisor.report import to_json
-    from advisor.watchdog import watching
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # as the command line does
+    from advisor.api import run
+    from advisor.settings import Settings
+    from advisor.watchdog import last_resort
 
     request = json.loads(sys.stdin.read())
-    settings = Settings(**request["settings"])
-    sections = tuple(request["sections"]) if request["sections"] else None
+    settings = Settings.from_dict(request["settings"])
     try:
-        with watching(settings.step_timeout):
-            report = run_probe(request["model"], request["device"], settings, request["probe"])
-        result, code = {"doc": to_json(report, sections)}, 0
+        with last_resort(_exit_probe_failed):
+            report = run(request["model"], settings, request["probe"], request["device"])
+        result, code = {"doc": report.to_dict()}, 0
     except AdvisorError as exc:
         result, code = {"error": {"exit_code": exc.exit_code, "message": str(exc)}}, exc.exit_code
     except KeyboardInterrupt:
@@ -84,6 +86,13 @@ def _child() -> int:
     partial.write_text(json.dumps(result, allow_nan=False))
     os.replace(partial, path)  # all or nothing: a crash while writing leaves no result
     return code
+
+
+def _exit_probe_failed(message: str) -> None:
+    """The child's last resort: its one line for the parent to quote (crash_message), and exit 4."""
+    sys.stderr.write(f"{_PREFIX}{message}\n")
+    sys.stderr.flush()
+    os._exit(EXIT_PROBE_FAILED)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 Everything that can go wrong in the user's file becomes a BadInput naming the file and the problem,
 so the CLI prints one line and exits 2; nothing here lets a user's traceback through.
+
+Loading leaves the interpreter as it found it: the file's folder is on sys.path, no bytecode is written and
+its own modules are in sys.modules only while its code runs (`FileScope`), at import and at every later call.
 """
 
 import contextlib
@@ -11,12 +14,12 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 
 from advisor.errors import AdvisorError, BadInput, one_line, raised  # noqa: F401 -- one_line: trace.py's too
-from advisor.memory.oom import is_device_error, is_out_of_memory
+from advisor.failures import is_device_error, is_out_of_memory
 from advisor.step import batch_size_of, default_loss, tensors_in
 from advisor.watchdog import beat
 
@@ -25,9 +28,9 @@ DEFAULT_BASE_BATCH = 32
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The user's file, reduced to the five things bsadvisor needs from it."""
+    """The user's file (or the objects given to the Python API), reduced to what bsadvisor needs from it."""
 
-    path: Path
+    path: Path | str  # the file, or the name of the objects given: every message starts with it
     build_model: Callable[[], torch.nn.Module]
     make_batch: Callable[[int], Any]
     loss: Callable[[torch.nn.Module, Any], torch.Tensor]
@@ -36,6 +39,9 @@ class ModelSpec:
     accumulation_steps: int = 1  # ACCUMULATION_STEPS: micro-batches whose gradients add up before a step
     make_max_shape_batch: Callable[[int], Any] | None = None  # max_shape_batch(size): batch() at its largest shapes
     notes: list[str] = field(default_factory=list, compare=False)  # what the probes should say about the file
+    scope: Callable[[], ContextManager] = contextlib.nullcontext  # entered around every call into the file
+    # optimizer(model) where the optimizer is the model's own (a LightningModule's configure_optimizers)
+    make_model_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None
 
     def fail(self, what: str) -> BadInput:
         return BadInput(f"{self.path}: {what}")
@@ -57,8 +63,11 @@ class ModelSpec:
         return model.train()
 
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = self._call("optimizer(params)", self.make_optimizer, params)
+        if self.make_model_optimizer is not None:
+            opt = self._call("optimizer(model)", self.make_model_optimizer, model)
+        else:
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = self._call("optimizer(params)", self.make_optimizer, params)
         if not isinstance(opt, torch.optim.Optimizer):
             raise self.fail(f"optimizer(params) returned {type(opt).__name__}, expected a torch.optim.Optimizer")
         return opt
@@ -93,7 +102,8 @@ class ModelSpec:
     def _call(self, what: str, fn: Callable, *args):
         beat(what)
         try:
-            return fn(*args)
+            with self.scope():
+                return fn(*args)
         except AdvisorError:
             raise  # already names the file and the problem (the checked loss, a nested spec call)
         except KeyboardInterrupt:
@@ -113,15 +123,15 @@ class CheckedLoss:
     memory tracer reports those itself.
     Finiteness is left to the caller, which has the value on the host when it needs it."""
 
-    def __init__(self, path: Path, fn: Callable[[torch.nn.Module, Any], torch.Tensor], default: bool,
-                 autocast: torch.dtype | None = None):
-        self.path, self.fn, self.autocast = path, fn, autocast
+    def __init__(self, path: Path | str, fn: Callable[[torch.nn.Module, Any], torch.Tensor], default: bool,
+                 autocast: torch.dtype | None = None, scope: Callable[[], ContextManager] = contextlib.nullcontext):
+        self.path, self.fn, self.autocast, self.scope = path, fn, autocast, scope
         self.what = "the default loss" if default else "loss(model, batch)"
 
     def __call__(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
         beat(f"{self.what} at batch {batch_size_of(batch)}")
         try:
-            with self._mixed_precision(model):
+            with self._mixed_precision(model), self.scope():
                 value = self.fn(model, batch)
         except (KeyboardInterrupt, AdvisorError):
             raise
@@ -163,7 +173,7 @@ AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16"
 MAX_ACCUMULATION_STEPS = 10**6
 
 
-def _autocast_dtype(path: Path, value: Any) -> torch.dtype | None:
+def autocast_dtype(path: Path | str, value: Any) -> torch.dtype | None:
     """AUTOCAST in a model file: torch.bfloat16 / torch.float16 (or their names); None or False for none."""
     if value is None or value is False:
         return None
@@ -211,7 +221,8 @@ def load_spec(path: str | Path) -> ModelSpec:
         raise BadInput(f"{path}: is a directory; expected a model file (a .py file defining model() and batch(size))")
     if not path.is_file():
         raise BadInput(f"{path}: no such model file")
-    module = _import_file(path)
+    scope = FileScope(path)
+    module = _import_file(path, scope)
     found = {name: getattr(module, name, None) for name in ("model", "batch", "loss", "optimizer", "max_shape_batch")}
     for name in ("model", "batch"):
         if found[name] is None:
@@ -227,16 +238,16 @@ def load_spec(path: str | Path) -> ModelSpec:
         build_model=found["model"],
         make_batch=found["batch"],
         loss=CheckedLoss(path, found["loss"] or default_loss, default=found["loss"] is None,
-                         autocast=_autocast_dtype(path, getattr(module, "AUTOCAST", None))),
+                         autocast=autocast_dtype(path, getattr(module, "AUTOCAST", None)), scope=scope),
         make_optimizer=found["optimizer"] or (lambda params: torch.optim.AdamW(params, lr=1e-3)),
         base_batch_size=base,
         accumulation_steps=_accumulation_steps(path, getattr(module, "ACCUMULATION_STEPS", None)),
         make_max_shape_batch=found["max_shape_batch"],
+        scope=scope,
     )
 
 
-def _import_file(path: Path):
-    name = f"bsadvisor_user_model_{abs(hash(path.resolve()))}"
+def _import_file(path: Path, scope: "FileScope"):
     try:
         source = path.read_bytes()
         compile(source, str(path), "exec")
@@ -250,26 +261,84 @@ def _import_file(path: Path):
     except RecursionError:
         raise BadInput(f"{path}: not valid Python: too deeply nested to compile") from None
     # Any file name works (model.txt, a script without a suffix): the source loader does not care.
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    module_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    loader = importlib.machinery.SourceFileLoader(scope.name, str(path))
+    module_spec = importlib.util.spec_from_file_location(scope.name, path, loader=loader)
     module = importlib.util.module_from_spec(module_spec)
-    # Nothing is written next to the user's files: no __pycache__ for it or its siblings.
-    sys.dont_write_bytecode = True
-    folder = str(path.resolve().parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # so the file can import its own helpers, as `python model.py` would
-    sys.modules[name] = module
     try:
-        module_spec.loader.exec_module(module)
+        with scope():
+            sys.modules[scope.name] = module  # the module's own classes (dataclasses) look themselves up there
+            module_spec.loader.exec_module(module)
     except KeyboardInterrupt:
-        sys.modules.pop(name, None)
         raise
     except BaseException as exc:  # any exception, MemoryError and BaseException subclasses too
-        sys.modules.pop(name, None)
+        scope.forget()
         hint = ("; guard the training script's code with `if __name__ == \"__main__\":`"
                 if isinstance(exc, SystemExit) else "")
         raise BadInput(f"{path}: importing it {raised(exc)}{hint}") from None
     return module
+
+
+class FileScope:
+    """The interpreter as the model file's code sees it, only while that code runs: its folder first on
+    sys.path (so it imports its own helpers, as `python model.py` would, also lazily from model() or batch()),
+    no bytecode written (no __pycache__ beside the user's files), and its own modules (the file, the helpers
+    from its folder) in sys.modules. Outside, sys.path, sys.dont_write_bytecode and sys.modules are as the
+    caller left them: a module of the same name in the caller's program is neither shadowed nor replaced."""
+
+    def __init__(self, path: Path):
+        self.name = f"bsadvisor_user_model_{abs(hash(path.resolve()))}"
+        self.folder = str(path.resolve().parent)
+        self.own: dict[str, Any] = {}  # the file's modules, kept between calls
+        self.depth = 0  # calls nest (the loss calls model code): only the outermost enters and leaves
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if self.depth:
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+            return
+        saved_path, saved_flag = list(sys.path), sys.dont_write_bytecode
+        replaced = {name: sys.modules[name] for name in self.own if name in sys.modules}
+        known = set(sys.modules)
+        sys.path.insert(0, self.folder)
+        sys.dont_write_bytecode = True
+        sys.modules.update(self.own)
+        self.depth = 1
+        try:
+            yield
+        finally:
+            self.depth = 0
+            self._keep_own(known)
+            for name in self.own:
+                sys.modules.pop(name, None)
+            sys.modules.update(replaced)
+            sys.path[:] = saved_path
+            sys.dont_write_bytecode = saved_flag
+
+    def _keep_own(self, known: set[str]) -> None:
+        """The modules the file's code imported from its folder (and the file itself): its own."""
+        if len(sys.modules) == len(known) and self.name in self.own:
+            return
+        for name, module in list(sys.modules.items()):
+            if name in self.own or name == self.name:
+                self.own[name] = module
+            elif name not in known and _inside(getattr(module, "__file__", None), self.folder):
+                self.own[name] = module
+
+    def forget(self) -> None:
+        self.own.clear()
+
+
+def _inside(file: str | None, folder: str) -> bool:
+    if not file:
+        return False
+    try:
+        return Path(file).resolve().parent.is_relative_to(folder)
+    except (OSError, ValueError):
+        return False
 
 
 def check_contract(spec: ModelSpec) -> int:

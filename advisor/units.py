@@ -1,7 +1,8 @@
-"""Byte sizes: parsing what users type and printing what we measured."""
+"""Byte sizes: parsing what users type, printing what we measured, and a budget of bytes with its source."""
 
 import math
 import re
+from dataclasses import dataclass
 
 from advisor.errors import BadInput
 
@@ -60,3 +61,11 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" or abs(n) >= 100 else f"{n:.3g} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Bytes a training step may use, and how that figure was obtained (shown next to it)."""
+
+    bytes: int
+    source: str

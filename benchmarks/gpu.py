@@ -34,12 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import common  # noqa: E402
-from advisor.device import resolve_device  # noqa: E402
-from advisor.memory.cuda import RealSteps  # noqa: E402
-from advisor.memory.oom import free_device_memory  # noqa: E402
+import advisor  # noqa: E402
+from advisor.devices import resolve_device  # noqa: E402
 from advisor.memory.search import largest_fitting_batch  # noqa: E402
 from advisor.memory.trace import StepTracer  # noqa: E402
-from advisor.pipeline import Advisor, Settings  # noqa: E402
+from advisor.probes.real_steps import RealSteps  # noqa: E402
 from advisor.spec import check_contract, load_spec  # noqa: E402
 from advisor.units import format_bytes, parse_size  # noqa: E402
 
@@ -52,14 +51,15 @@ QUICK = {"target": "16MiB", "budget": "32MiB",
 def trace_against_allocator(name: str, path: Path, device: str, target: int) -> dict:
     spec = load_spec(path)
     smallest = check_contract(spec)
-    tracer = StepTracer(spec, smallest=smallest, batch_on_host=not device.startswith("cuda"))  # as Advisor does
+    backend = resolve_device(device)
+    tracer = StepTracer(spec, smallest=smallest, batch_on_host=backend.holds_batch_on_host)  # as Advisor does
     batch = largest_fitting_batch(tracer.peak, target, smallest=smallest).max_batch
     traced = tracer.peak(batch)
-    real = RealSteps(spec, resolve_device(device), smallest=smallest)
+    real = RealSteps(spec, backend, smallest=smallest)
     reserved = real.peak(batch)
     allocated = None if real.peaks[batch] is None else real.peaks[batch].allocated
     del real
-    free_device_memory(device)
+    backend.release_memory()
     error = None if reserved is None else (traced - reserved) / reserved
     return {"model": name, "batch": batch, "traced_bytes": traced, "reserved_bytes": reserved,
             "allocated_bytes": allocated, "error": error}
@@ -68,16 +68,16 @@ def trace_against_allocator(name: str, path: Path, device: str, target: int) -> 
 def largest_batch(name: str, path: Path, device: str, budget: int | None) -> dict:
     spec = load_spec(path)
     with common.stopwatch() as took:
-        advisor = Advisor(spec, resolve_device(device), Settings(memory_bytes=budget))
-        memory = advisor.memory()
+        memory = advisor.max_batch(spec, device=device, memory=budget).memory
     seconds = took()
     room = memory.budget.bytes - memory.context_bytes
-    real = RealSteps(spec, advisor.backend, smallest=advisor.smallest)
+    backend = resolve_device(device)
+    real = RealSteps(spec, backend, smallest=check_contract(spec))
     at = real.peak(memory.max_batch)
     above_batch = math.ceil(1.03 * memory.max_batch)
     above = real.peak(above_batch)
-    del real, advisor
-    free_device_memory(device)
+    del real
+    backend.release_memory()
     return {"model": name, "budget_bytes": memory.budget.bytes, "budget_source": memory.budget.source,
             "context_bytes": memory.context_bytes, "predicted": memory.predicted_max_batch,
             "max_batch": memory.max_batch, "safe_max_batch": memory.safe_max_batch, "real_steps": memory.real_steps,

@@ -107,7 +107,7 @@ def tracing_cost(quick: bool) -> list[dict]:
     import llama
     from advisor.memory import tracker as tracker_module
     from advisor.memory.trace import StepTracer, release_trace_caches
-    from advisor.spec import ModelSpec, CheckedLoss
+    from advisor.inputs import spec_from
 
     configs = [("TinyLlama-1.1B", llama.TINYLLAMA_1B)]
     if not quick:
@@ -124,10 +124,8 @@ def tracing_cost(quick: bool) -> list[dict]:
     tracker_module.LiveStorageTracker.__torch_dispatch__ = counting
     try:
         for name, config in configs:
-            spec = ModelSpec(Path(f"{name}.py"), lambda c=config: llama.LlamaForCausalLM(c),
-                             lambda n, c=config: llama.token_batch(c, n, 2048),
-                             CheckedLoss(Path(name), llama.lm_loss, default=False),
-                             lambda p: torch.optim.AdamW(p, lr=1e-5), None)
+            spec = spec_from(lambda c=config: llama.LlamaForCausalLM(c), lambda n, c=config: llama.token_batch(c, n, 2048),
+                             loss=llama.lm_loss, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5), name=f"{name}.py")
             started = time.perf_counter()
             tracer = StepTracer(spec, fake=True, build_fake=True, batch_on_host=False)
             built = time.perf_counter() - started

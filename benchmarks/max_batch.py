@@ -9,7 +9,7 @@ memory budget. On the CPU the budget is enforced by `common.MemoryBudget`: bsadv
 live-tensor tracker, raising the CUDA out-of-memory error that each tool catches once the live bytes
 pass the budget. The tools:
 
-- bsadvisor: `Advisor(...).memory()` in-process, i.e. `bsadvisor max-batch MODEL --profile
+- bsadvisor: `advisor.max_batch(...)` in-process (the Python API), i.e. `bsadvisor max-batch MODEL --profile
   h100-sxm-80gb-cpu-kernels.json --memory BUDGET --margin 0`: a GPU's budget (the h100-sxm-80gb profile,
   marked `device_type: cpu` so that the step traced runs the CPU's kernels, as the other tools' steps do,
   with no CUDA terms added) capped at BUDGET, so that
@@ -49,9 +49,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import common  # noqa: E402
-from advisor.device import resolve_device  # noqa: E402
+import advisor  # noqa: E402
 from advisor.hardware.profiles import load as load_profile  # noqa: E402
-from advisor.pipeline import Advisor, Settings  # noqa: E402
 from advisor.step import train_step  # noqa: E402
 from advisor.units import parse_size  # noqa: E402
 
@@ -75,9 +74,8 @@ TOOLS = ["bsadvisor", "lightning-power", "lightning-binsearch", "accelerate", "a
 def run_bsadvisor(spec, budget, seed):
     counter = common.StepCounter(spec, count_real_in_loss=True)
     with common.stopwatch() as took:
-        advisor = Advisor(counter.spec, resolve_device("cpu"),
-                          Settings(memory_bytes=budget, margin=0.0, seed=seed, profile=profile_doc()))
-        batch = advisor.memory().max_batch
+        batch = advisor.max_batch(counter.spec, device="cpu", memory=budget, margin=0.0, seed=seed,
+                                  profile=profile_doc()).memory.max_batch
     return {"batch": batch, "seconds": took(), "counter": counter,
             "how": "fake-mode traces + 2 real contract steps"}
 

@@ -3,7 +3,7 @@
     python3 benchmarks/noise.py            # three models (a few minutes)
     python3 benchmarks/noise.py --quick    # tiny sample sizes, to check the script works
 
-bsadvisor: `Advisor(...).noise()` in-process with the CLI's defaults (`bsadvisor noise MODEL --device
+bsadvisor: `advisor.noise(...)` in-process (the Python API) with the CLI's defaults (`bsadvisor noise MODEL --device
 cpu --batch-size 8*BASE_BATCH_SIZE`: 10 warm-up steps, 32 weight snapshots, 8 micro-batches each,
 preconditioned by Adam's sqrt(v_hat)+eps where the optimizer is Adam-family). The CLI is run too, for
 its end-to-end wall time and to show it gives the same figure.
@@ -39,9 +39,7 @@ import torch  # noqa: E402
 from torch.func import functional_call, grad, vmap  # noqa: E402
 
 import common  # noqa: E402
-from advisor.device import resolve_device  # noqa: E402
-from advisor.pipeline import Advisor, Settings  # noqa: E402
-from advisor.probes.noise import _adam_preconditioner  # noqa: E402
+import advisor  # noqa: E402
 from advisor.step import map_tensors  # noqa: E402
 
 MODELS = ["mlp_unicode", "cnn_bytes", "gpt_stdlib"]
@@ -80,9 +78,8 @@ class Capture:
 def run_bsadvisor(spec, noise_batch: int, snapshots: int, seed: int) -> dict:
     capture = Capture(spec, noise_batch)
     with common.stopwatch() as took:
-        advisor = Advisor(capture.spec, resolve_device("cpu"),
-                          Settings(noise_batch=noise_batch, noise_snapshots=snapshots, seed=seed))
-        result = advisor.noise()
+        result = advisor.noise(capture.spec, device="cpu", batch_size=noise_batch, snapshots=snapshots,
+                               seed=seed).noise
     s = result.scale
     return {"b_simple": s.b_simple, "ci95": list(s.ci95), "grad_sq_norm": s.grad_sq_norm, "trace_sigma": s.trace_sigma,
             "seconds": took(), "probe_seconds": result.seconds, "preconditioned": result.preconditioned,
@@ -111,8 +108,18 @@ def _restore(spec, state: tuple[dict, dict]):
 
 
 def _scales(model, opt, preconditioned: bool) -> dict[str, torch.Tensor | None]:
-    """bsadvisor's own preconditioner (sqrt(v_hat)+eps) per parameter, or None for raw gradients."""
-    return {name: (_adam_preconditioner(opt, p) if preconditioned else None) for name, p in model.named_parameters()}
+    """Adam's divisor (sqrt(v_hat)+eps) per parameter at the captured state, or None for raw gradients."""
+    return {name: (_adam_divisor(opt, p) if preconditioned else None) for name, p in model.named_parameters()}
+
+
+def _adam_divisor(opt, p) -> torch.Tensor | None:
+    """sqrt(v / (1 - beta2^t)) + eps from the optimizer's state (None before its first step)."""
+    state = opt.state.get(p, {})
+    if "exp_avg_sq" not in state:
+        return None
+    group = next(g for g in opt.param_groups if any(q is p for q in g["params"]))
+    bias = 1 - group["betas"][1] ** float(state["step"])
+    return (state["exp_avg_sq"] / bias).sqrt() + group["eps"]
 
 
 def _flat(grads: dict[str, torch.Tensor], scales: dict, n: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""A CUDA device simulated on the CPU, plugged in where the real one is: the Backend seam.
+"""A CUDA device simulated on the CPU, plugged in where the real one is: the Backend seam (a CudaBackend whose
+device calls are the CPU's).
 
 Steps really run (on the CPU); the "allocator" is a LiveStorageTracker. Its reserved bytes are the
 tracked bytes scaled by `ratio` (block rounding) plus a fixed `workspace` (cuBLAS), so the fake-mode
@@ -15,7 +16,8 @@ import time
 
 import torch
 
-from advisor.device import Backend, Peak
+from advisor.devices import Backend, Peak
+from advisor.devices.cuda import CudaBackend
 from advisor.memory.tracker import LiveStorageTracker
 
 MiB = 1 << 20
@@ -34,7 +36,7 @@ class OomTracker(LiveStorageTracker):
                 f"total capacity of {self.capacity} bytes")
 
 
-class FakeCudaBackend(Backend):
+class FakeCudaBackend(CudaBackend):
     def __init__(self, total=8 << 30, context=300 * MiB, others=0, ratio=1.0, workspace=0, capacity=None,
                  api="v2"):
         super().__init__(torch.device("cpu"))
@@ -45,14 +47,13 @@ class FakeCudaBackend(Backend):
         self.cached = 0           # the allocator's reserve between steps
         self.steps = 0            # measured steps, the warm one included
 
-    is_cuda = True
-
-    @property
-    def measured_on(self) -> str:
-        return "measured on CUDA"
-
     def synchronize(self) -> None:
         pass
+
+    def release_memory(self) -> None:
+        Backend.release_memory(self)
+
+    preserving_rng = Backend.preserving_rng
 
     def timed(self, fn) -> float:
         start = time.perf_counter()

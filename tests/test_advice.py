@@ -6,7 +6,7 @@ import pytest
 
 from advisor.advice import (PLATEAU_TOLERANCE, StepTimeFit, batch_schedule, best_plan, beta2_for, fit_step_time,
                             goodput, goodput_plateau, learning_rate_factor, plan_at, make_plan, optimizer_family,
-                            plan_for_batch, recommend, statistical_efficiency, warmup_steps, with_swept_rate)
+                            plan_for_batch, rule_recommendation, statistical_efficiency, warmup_steps, with_swept_rate)
 
 
 def test_fit_recovers_alpha_and_beta():
@@ -58,7 +58,7 @@ def test_no_plan_goes_below_the_smallest_batch_that_trains():
     fit = StepTimeFit(0.0, 1e-4)  # no fixed cost: goodput alone would pick micro-batch 1
     assert best_plan(fit, 0.0, noise_scale=5.0, base_batch=16, max_micro=1000).micro_batch == 1
     assert best_plan(fit, 0.0, noise_scale=5.0, base_batch=16, max_micro=1000, min_micro=2).micro_batch == 2
-    assert recommend(fit, 0.0, 5.0, 16, 1e-3, "adam", 1000, min_micro=2).plan.micro_batch == 2
+    assert rule_recommendation(fit, 0.0, 5.0, 16, 1e-3, "adam", 1000, min_micro=2).plan.micro_batch == 2
     assert plan_for_batch(fit, 0.0, batch=1, max_micro=1000, min_micro=2).micro_batch == 2
 
 
@@ -92,7 +92,7 @@ def test_warmup_only_when_the_rate_more_than_doubles():
 
 
 def test_recommendation_names_rule_lr_and_reasons():
-    rec = recommend(StepTimeFit(0.01, 0.0001), 0.001, noise_scale=400, base_batch=32, base_lr=0.1, family="sgd",
+    rec = rule_recommendation(StepTimeFit(0.01, 0.0001), 0.001, noise_scale=400, base_batch=32, base_lr=0.1, family="sgd",
                     max_micro=10**6)
     assert rec.plateau.low <= 200 <= rec.plateau.high and abs(rec.plateau.best - 200) <= 2  # B* = sqrt(phi a / b)
     assert rec.plan.batch_size == rec.plateau.low  # the base (32) is below the plateau: its nearest end
@@ -121,14 +121,14 @@ def test_plateau_edges_are_exact(phi, alpha, beta, optimizer):
 
 
 def test_the_base_batch_stays_when_it_is_on_the_plateau():
-    rec = recommend(StepTimeFit(0.01, 0.0001), 0.0, noise_scale=400, base_batch=180, base_lr=0.1, family="sgd",
+    rec = rule_recommendation(StepTimeFit(0.01, 0.0001), 0.0, noise_scale=400, base_batch=180, base_lr=0.1, family="sgd",
                     max_micro=10**6)
     assert rec.plan.batch_size == 180 and rec.learning_rate == pytest.approx(0.1) and rec.warmup_steps == 0
 
 
 def test_timing_noise_moves_the_batch_less_than_the_noise():
     """Step-time fits 20% apart (a busy machine's spread) move the chosen batch by less than 1.3x."""
-    chosen = [recommend(StepTimeFit(0.01 * a, 0.0001 * b), 0.0, 400, 32, 0.1, "sgd", 10**6).plan.batch_size
+    chosen = [rule_recommendation(StepTimeFit(0.01 * a, 0.0001 * b), 0.0, 400, 32, 0.1, "sgd", 10**6).plan.batch_size
               for a in (0.9, 1.1) for b in (0.9, 1.1)]
     assert max(chosen) / min(chosen) < 1.3
 
@@ -137,13 +137,13 @@ def test_beta2_keeps_its_half_life_in_examples():
     assert beta2_for(0.95, 32, 48) is None  # within 2x of the base: left alone
     assert beta2_for(0.95, 32, 128) == pytest.approx(0.95 ** 4)
     assert beta2_for(0.999, 256, 32) == pytest.approx(0.999 ** (1 / 8))
-    rec = recommend(StepTimeFit(0.01, 0.0001), 0.0, 400, 32, 1e-3, "adam", 10**6, base_beta2=0.95)
+    rec = rule_recommendation(StepTimeFit(0.01, 0.0001), 0.0, 400, 32, 1e-3, "adam", 10**6, base_beta2=0.95)
     assert rec.beta2 == pytest.approx(0.95 ** (rec.plan.batch_size / 32))
-    assert recommend(StepTimeFit(0.01, 0.0001), 0.0, 400, 32, 0.1, "sgd", 10**6, base_beta2=0.95).beta2 is None
+    assert rule_recommendation(StepTimeFit(0.01, 0.0001), 0.0, 400, 32, 0.1, "sgd", 10**6, base_beta2=0.95).beta2 is None
 
 
 def test_a_swept_rate_replaces_the_rule_and_keeps_it_reported():
-    rec = recommend(StepTimeFit(0.01, 0.0001), 0.0, 400, 32, 0.1, "sgd", 10**6, warmup_examples=10_000)
+    rec = rule_recommendation(StepTimeFit(0.01, 0.0001), 0.0, 400, 32, 0.1, "sgd", 10**6, warmup_examples=10_000)
     swept = with_swept_rate(rec, 0.9, "5 runs")
     assert swept.learning_rate == 0.9 and swept.rule_learning_rate == rec.learning_rate
     assert swept.lr_source == "sweep" and swept.lr_factor == pytest.approx(9.0)
@@ -152,7 +152,7 @@ def test_a_swept_rate_replaces_the_rule_and_keeps_it_reported():
 def test_a_swept_rate_needs_no_warmup_but_the_rules_does():
     """The sweep ran its rate from initialisation without a warm-up, stably: that is the evidence a warm-up
     stands in for. The rule's rate, unmeasured, keeps the Goyal warm-up when it grows more than 2x."""
-    rec = recommend(StepTimeFit(0.01, 0.0001), 0.0, 4000, 32, 0.1, "sgd", 10**6, warmup_examples=10_000)
+    rec = rule_recommendation(StepTimeFit(0.01, 0.0001), 0.0, 4000, 32, 0.1, "sgd", 10**6, warmup_examples=10_000)
     assert rec.lr_factor > 2 and rec.warmup_steps == math.ceil(0.1 * 10_000 / rec.plan.batch_size)
     swept = with_swept_rate(rec, 0.9, "5 runs")
     assert swept.warmup_steps == 0 and not any(r.startswith("warm up") for r in swept.reasons)
@@ -169,9 +169,9 @@ def test_the_sweeps_candidates_are_the_rules_batch_then_the_plateaus_ends_far_en
 
 def test_a_measured_batch_replaces_the_plateau_rules_and_says_why():
     fit = StepTimeFit(0.01, 0.0001)
-    rule = recommend(fit, 0.0, 400, 32, 0.1, "sgd", 10**6)
+    rule = rule_recommendation(fit, 0.0, 400, 32, 0.1, "sgd", 10**6)
     high = rule.plateau.high
-    measured = recommend(fit, 0.0, 400, 32, 0.1, "sgd", 10**6, measured=(high, "short runs said so"))
+    measured = rule_recommendation(fit, 0.0, 400, 32, 0.1, "sgd", 10**6, measured=(high, "short runs said so"))
     assert measured.plan.batch_size == high != rule.plan.batch_size and measured.plateau == rule.plateau
     assert "short runs said so" in measured.reasons[0]
     assert measured.learning_rate == pytest.approx(0.1 * learning_rate_factor(400, 32, high, "sgd")[0])
@@ -179,7 +179,7 @@ def test_a_measured_batch_replaces_the_plateau_rules_and_says_why():
 
 def test_a_growing_noise_scale_gives_a_rising_schedule_that_ends_at_the_recommendation():
     fit = StepTimeFit(0.01, 0.0001)
-    final = with_swept_rate(recommend(fit, 0.0, 4000, 32, 0.1, "sgd", 10**6), 1.0, "test")
+    final = with_swept_rate(rule_recommendation(fit, 0.0, 4000, 32, 0.1, "sgd", 10**6), 1.0, "test")
     series = [(0, 10.0), (3200, 40.0), (12800, 400.0), (51200, 4000.0)]
     schedule = batch_schedule(fit, 0.0, series, final, 10**6)
     batches = [e.plan.batch_size for e in schedule]

@@ -208,7 +208,7 @@ FLAG_CASES = [
     ("recommend", ["--max-step-seconds", "inf"], 2, ["--max-step-seconds"]),
     ("recommend", ["--seed", "-1"], 2, ["--seed"]),
     ("recommend", ["--seed", str(2**70)], 2, ["--seed"]),
-    ("recommend", ["--device", "tpu"], 2, ["--device 'tpu'", "auto, cpu, cuda or cuda:N"]),
+    ("recommend", ["--device", "tpu"], 2, ["--device 'tpu'", "auto, cpu, cuda, mps or cuda:N"]),
     ("recommend", ["--device", "cuda:"], 2, ["--device 'cuda:'"]),
     ("recommend", ["--device", "cuda:-1"], 2, ["--device 'cuda:-1'"]),
     ("max-batch", ["--memory", "12 parsecs"], 2, ["--memory"]),

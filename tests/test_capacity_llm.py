@@ -12,12 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from advisor.cli import app
-from advisor.device import Budget
+from advisor.units import Budget
 from advisor.hardware.profiles import load
 from advisor.memory.attention import GpuAttention, gpu_backend
 from advisor.memory.cuda_overheads import DEFAULT_WORKSPACE, HOPPER_WORKSPACE, cublas_workspace, device_terms
 from advisor.memory.fidelity import hold_to_real_steps
-from advisor.memory.max_batch import CONFIRMED_ON_CPU, find_max_batch
+from advisor.probes.max_batch import CONFIRMED_ON_CPU, find_max_batch
 from advisor.memory.shard import fully_sharded, release
 from advisor.memory.trace import StepTracer
 from advisor.memory.tracker import LiveStorageTracker

@@ -13,19 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from advisor import pipeline
+from advisor import api, pipeline
 from advisor.probes.noise import NoiseBudget
 from advisor.cli import app
-from advisor.device import Backend, Budget, nvml_index, resolve_device
+from advisor.devices import resolve_device
+from advisor.devices.cpu import CpuBackend
+from advisor.devices.cuda import CudaBackend, nvml_index
+from advisor.devices.recovery import try_step
 from advisor.errors import BadInput, DeviceUnavailable, ProbeFailed
 from advisor.hardware import nvml
-from advisor.memory import oom
-from advisor.memory.cuda import RealSteps
-from advisor.memory.max_batch import MEASURED_ON_CUDA, calibration, find_max_batch
-from advisor.memory.oom import try_step
+from advisor.units import Budget
+from advisor.probes.real_steps import RealSteps
+from advisor.probes.max_batch import MEASURED_ON_CUDA, calibration, find_max_batch
 from advisor.memory.search import confirm_max_batch, largest_fitting_batch
 from advisor.memory.trace import StepTracer
 from advisor.probes.throughput import measure_throughput
+from advisor.settings import Settings
 from advisor.spec import load_spec
 from tests.fake_cuda import MiB, FakeCudaBackend
 from tests.models import MLP
@@ -107,11 +110,11 @@ def test_out_of_memory_is_recovered_after_the_except_block(monkeypatch):
         held.append(weakref.ref(big))
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 MiB")
 
-    def free(device):  # by now the traceback, and with it the failed step's tensors, must be gone
-        order.append(("free", held[0]() is None))
+    class Recorded(CpuBackend):
+        def release_memory(self):  # by now the traceback, and with it the failed step's tensors, must be gone
+            order.append(("free", held[0]() is None))
 
-    monkeypatch.setattr(oom, "free_device_memory", free)
-    assert try_step(step, "cpu", "a step", restore=lambda: order.append(("restore", True))) is None
+    assert try_step(step, Recorded(), "a step", restore=lambda: order.append(("restore", True))) is None
     assert order == [("free", True), ("restore", True)]
 
 
@@ -120,7 +123,7 @@ def test_a_cuda_error_that_is_not_oom_is_a_probe_failure_naming_the_step():
         raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be ...")
 
     with pytest.raises(ProbeFailed) as caught:
-        try_step(step, "cpu", "the real step at batch 512")
+        try_step(step, CpuBackend(), "the real step at batch 512")
     assert str(caught.value) == ("the real step at batch 512: RuntimeError: CUDA error: an illegal memory access "
                                  "was encountered CUDA kernel errors might be ...")
     assert caught.value.exit_code == 4
@@ -128,15 +131,15 @@ def test_a_cuda_error_that_is_not_oom_is_a_probe_failure_naming_the_step():
 
 def test_other_errors_pass_through_and_values_come_back():
     with pytest.raises(KeyError):
-        try_step(lambda: {}["x"], "cpu", "a step")
-    assert try_step(lambda: 7, "cpu", "a step") == 7
+        try_step(lambda: {}["x"], CpuBackend(), "a step")
+    assert try_step(lambda: 7, CpuBackend(), "a step") == 7
 
 
 # ----------------------------------------------------------------------------- real steps through the seams
 
 def test_real_steps_on_the_cpu_measure_exactly_what_the_trace_predicts(mlp):
     spec = load_spec(mlp)
-    real, tracer = RealSteps(spec, Backend(torch.device("cpu"))), StepTracer(spec)
+    real, tracer = RealSteps(spec, CpuBackend()), StepTracer(spec)
     for batch in (1, 17, 300):
         assert real.peak(batch) == tracer.peak(batch)
     assert real.context_bytes == 0
@@ -267,7 +270,7 @@ def test_nothing_fits_on_the_device_is_bad_input(mlp):
 @pytest.fixture
 def on_fake_cuda(monkeypatch):
     backend = card()
-    monkeypatch.setattr(pipeline, "resolve_device", lambda name: backend)
+    monkeypatch.setattr(api, "resolve_device", lambda name: backend)
     return backend
 
 
@@ -286,13 +289,13 @@ def test_max_batch_on_cuda_through_the_cli(mlp, on_fake_cuda):
 
 def test_recommend_on_cuda_uses_the_confirmed_batch(mlp):
     backend = card(ratio=1.05)  # the trace is 5% low: the recommendation must stay within the real limit
-    settings = pipeline.Settings(noise_snapshots=4, noise_warmup_steps=1, max_step_seconds=0.05,
+    settings = Settings(noise_snapshots=4, noise_warmup_steps=1, max_step_seconds=0.05,
                                  noise_budget=NoiseBudget(seconds=None, steps=20))
     advisor = pipeline.Advisor(load_spec(mlp), backend, settings)
     plan, memory = advisor.recommendation().plan, advisor.memory()
     assert memory.max_batch < memory.predicted_max_batch and memory.method == MEASURED_ON_CUDA
     assert plan.micro_batch <= memory.safe_max_batch < memory.max_batch
-    assert "measured on CUDA" in advisor.report.throughput.method
+    assert "measured on CUDA" in advisor.throughput().method
 
 
 # ----------------------------------------------------------------------------- timing on CUDA
@@ -317,7 +320,7 @@ def test_a_step_is_timed_by_cuda_events_after_synchronising(monkeypatch):
     log = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("synchronize"))
     monkeypatch.setattr(torch.cuda, "Event", lambda enable_timing=False: FakeEvent(log, enable_timing))
-    seconds = Backend(torch.device("cuda", 0)).timed(lambda: log.append("step"))
+    seconds = CudaBackend(torch.device("cuda", 0)).timed(lambda: log.append("step"))
     assert seconds == 0.25
     # Work queued before is finished first; the end event is waited on, not the whole device.
     assert log == ["synchronize", "record", "step", "record", "event synchronize"]
@@ -425,31 +428,31 @@ def fake_nvml(monkeypatch):
 
 def test_budget_on_a_busy_card_is_nvml_free_memory(fake_nvml):
     fake_nvml.gpus[0].used = 60 * GiB  # other processes hold most of the card
-    budget = Backend(torch.device("cuda", 0)).memory_budget(None)
+    budget = CudaBackend(torch.device("cuda", 0)).memory_budget(None)
     assert budget == Budget(80 * GiB - 512 * MiB - 60 * GiB, "NVML free memory (v2)")
     assert budget.bytes < 0.3 * fake_nvml.gpus[0].total
 
 
 def test_memory_flag_wins_when_smaller_than_the_free_memory(fake_nvml):
-    assert Backend(torch.device("cuda", 0)).memory_budget(4 * GiB) == Budget(4 * GiB, "--memory")
+    assert CudaBackend(torch.device("cuda", 0)).memory_budget(4 * GiB) == Budget(4 * GiB, "--memory")
     fake_nvml.gpus[0].used = 77 * GiB
-    assert Backend(torch.device("cuda", 0)).memory_budget(4 * GiB).source == "NVML free memory (v2)"
+    assert CudaBackend(torch.device("cuda", 0)).memory_budget(4 * GiB).source == "NVML free memory (v2)"
 
 
 def test_v1_only_driver_says_so(fake_nvml):
     fake_nvml.v2_driver = False
-    assert Backend(torch.device("cuda", 0)).memory_budget(None).source == "NVML free memory (v1)"
+    assert CudaBackend(torch.device("cuda", 0)).memory_budget(None).source == "NVML free memory (v1)"
 
 
 def test_budget_reads_the_gpu_nvml_numbers(fake_nvml):
     fake_nvml.gpus = [FakeGpu(), FakeGpu(used=70 * GiB)]
-    assert Backend(torch.device("cuda", 0), nvml_index=1).memory_budget(None).bytes == 10 * GiB - 512 * MiB
+    assert CudaBackend(torch.device("cuda", 0), nvml_index=1).memory_budget(None).bytes == 10 * GiB - 512 * MiB
 
 
 def test_budget_without_nvml_falls_back_to_cuda_and_says_so(fake_nvml, monkeypatch):
     fake_nvml.fail["nvmlInit"] = real_pynvml.NVMLError_DriverNotLoaded()
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (5 * GiB, 80 * GiB))
-    budget = Backend(torch.device("cuda", 0)).memory_budget(None)
+    budget = CudaBackend(torch.device("cuda", 0)).memory_budget(None)
     assert budget.bytes == 5 * GiB
     assert budget.source == "CUDA free memory (cudaMemGetInfo; NVML unavailable: NVIDIA driver not loaded)"
 

@@ -70,29 +70,25 @@ def test_json_document_is_always_valid_json_with_the_design_fields(b_simple, lo,
                                                                   per_sample, fixed):
     """Whatever the measurements, the document parses as strict JSON and keeps its fields; figures
     JSON cannot hold (NaN, infinity) become null."""
-    import torch
-
     from advisor.advice import Plan, Recommendation, StepTimeFit
-    from advisor.device import Backend, Budget
-    from advisor.memory.max_batch import MemoryResult
     from advisor.noise_scale import NoiseScale
-    from advisor.pipeline import Report, Settings
+    from advisor.probes.max_batch import MemoryResult
     from advisor.probes.noise import NoiseResult
     from advisor.probes.throughput import ThroughputPoint, ThroughputResult
-    from advisor.report import to_json
+    from advisor.results import Report
+    from advisor.units import Budget
     from tests.test_cli import DESIGN_FIELDS
 
-    report = Report(spec=type("Spec", (), {"path": "model.py"})(), backend=Backend(torch.device("cpu")),
-                    settings=Settings())
-    report.memory = MemoryResult(Budget(10**9, "test"), 0.1, 100, 90, fixed, per_sample, {1: 10, 100: 10**9},
-                                 False, "test", 0.1)
-    report.throughput = ThroughputResult([ThroughputPoint(b, step * b, optimizer) for b in (1, 2, 4, 8, 16)],
-                                         None, "test", 1.0)
-    report.fit = StepTimeFit(0.0, step)
-    report.noise = NoiseResult(NoiseScale(b_simple, (lo, hi), grad, trace, 32), 64, 8, 10, False, "test", 1.0)
-    report.recommendation = Recommendation(Plan(8, 1, step), b_simple, 1.0, "rule", 0, "sgd", 32, 0.1, 1.0,
-                                           b_simple)
-    doc = json.loads(json.dumps(to_json(report, ("memory", "throughput", "noise")), allow_nan=False))
+    report = Report(
+        model="model.py", device="cpu", sections=("memory", "throughput", "noise"),
+        memory=MemoryResult(Budget(10**9, "test"), 0.1, 100, 90, fixed, per_sample, {1: 10, 100: 10**9}, False,
+                            "test", 0.1),
+        throughput=ThroughputResult([ThroughputPoint(b, step * b, optimizer) for b in (1, 2, 4, 8, 16)], None,
+                                    "test", 1.0),
+        fit=StepTimeFit(0.0, step),
+        noise=NoiseResult(NoiseScale(b_simple, (lo, hi), grad, trace, 32), 64, 8, 10, False, "test", 1.0),
+        recommendation=Recommendation(Plan(8, 1, step), b_simple, 1.0, "rule", 0, "sgd", 32, 0.1, 1.0, b_simple))
+    doc = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     for section in ("memory", "noise"):
         for name in DESIGN_FIELDS[section]:
             assert name in doc[section]

@@ -12,11 +12,13 @@ import torch
 from typer.testing import CliRunner
 
 from advisor.cli import app
-from advisor.device import Budget, resolve_device
-from advisor.memory.cuda import RealSteps
-from advisor.memory.max_batch import MEASURED_ON_CUDA, find_max_batch
+from advisor.devices import resolve_device
+from advisor.units import Budget
+from advisor.probes.real_steps import RealSteps
+from advisor.probes.max_batch import MEASURED_ON_CUDA, find_max_batch
 from advisor.memory.trace import StepTracer
-from advisor.pipeline import Advisor, Settings
+from advisor.pipeline import Advisor
+from advisor.settings import Settings
 from advisor.spec import check_contract, load_spec
 from tests.test_memory import CNN
 

@@ -4,8 +4,8 @@ a bisection over real steps."""
 import pytest
 import torch
 
-from advisor.device import Budget
-from advisor.memory.max_batch import find_max_batch
+from advisor.units import Budget
+from advisor.probes.max_batch import find_max_batch
 from advisor.memory.search import largest_fitting_batch
 from advisor.memory.trace import StepTracer
 from advisor.memory.tracker import LiveStorageTracker

@@ -83,12 +83,12 @@ def _spec(write_model, source):
 
 
 def test_the_series_follows_training_until_its_step_budget(write_model):
-    from advisor.device import Backend
+    from advisor.devices.cpu import CpuBackend
     from advisor.probes.noise import NoiseBudget, measure_noise
     from tests.models import MLP
 
     spec = _spec(write_model, MLP)
-    result = measure_noise(spec, Backend(torch.device("cpu")), 64, snapshots=4, warmup_steps=5, warmup_batch=16,
+    result = measure_noise(spec, CpuBackend(), 64, snapshots=4, warmup_steps=5, warmup_batch=16,
                            budget=NoiseBudget(seconds=None, steps=160))
     steps = [p.step for p in result.series]
     assert steps[0] == 5 and steps == sorted(steps) and len(steps) >= 4 and steps[-1] <= 160 + 4
@@ -99,15 +99,15 @@ def test_the_series_follows_training_until_its_step_budget(write_model):
 
 
 def test_the_series_stops_at_the_target_loss(write_model):
-    from advisor.device import Backend
+    from advisor.devices.cpu import CpuBackend
     from advisor.probes.noise import NoiseBudget, measure_noise
     from tests.models import MLP
 
     spec = _spec(write_model, MLP)
-    free = measure_noise(spec, Backend(torch.device("cpu")), 64, snapshots=4, warmup_steps=5, warmup_batch=16,
+    free = measure_noise(spec, CpuBackend(), 64, snapshots=4, warmup_steps=5, warmup_batch=16,
                          budget=NoiseBudget(seconds=None, steps=640))
     target = free.series[2].loss
-    stopped = measure_noise(spec, Backend(torch.device("cpu")), 64, snapshots=4, warmup_steps=5, warmup_batch=16,
+    stopped = measure_noise(spec, CpuBackend(), 64, snapshots=4, warmup_steps=5, warmup_batch=16,
                             budget=NoiseBudget(seconds=None, steps=640), target_loss=target)
     assert len(stopped.series) <= 3 and stopped.series[-1].loss <= target
     assert "target loss" in stopped.stopped
@@ -130,7 +130,7 @@ SWEEP_TASK = LINEAR_REGRESSION.replace("return torch.optim.SGD(params, lr=0.0)",
 def test_the_sweep_never_picks_a_rate_at_or_above_one_that_diverged(write_model):
     """Least squares with x ~ N(0, I): SGD diverges above lr 2; from centre 1.2 the sweep's upper rates
     (1.7, 2.4) are unstable, and it must choose below the first of them that diverged."""
-    from advisor.device import Backend
+    from advisor.devices.cpu import CpuBackend
     from advisor.probes.sweep import Candidate, sweep
 
     spec = _spec(write_model, SWEEP_TASK)
@@ -138,7 +138,7 @@ def test_the_sweep_never_picks_a_rate_at_or_above_one_that_diverged(write_model)
     model = spec.model()
     opt = spec.optimizer(model)
     before = [p.detach().clone() for p in model.parameters()]
-    result = sweep(spec, Backend(torch.device("cpu")), model, opt, [Candidate(64, 1, centre=1.2, steps=20)])
+    result = sweep(spec, CpuBackend(), model, opt, [Candidate(64, 1, centre=1.2, steps=20)])
     diverged = [r.learning_rate for r in result.runs if r.diverged]
     assert diverged and result.chosen is not None and result.chosen < min(diverged)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is restored
@@ -147,7 +147,7 @@ def test_the_sweep_never_picks_a_rate_at_or_above_one_that_diverged(write_model)
 
 def test_a_proposed_beta2_is_advised_only_when_the_sweep_measures_it_better(write_model):
     """beta2 = 1 makes Adam's bias correction divide by zero: the run is not finite, so it is not kept."""
-    from advisor.device import Backend
+    from advisor.devices.cpu import CpuBackend
     from advisor.probes.sweep import Candidate, sweep
     from tests.models import MLP
 
@@ -155,7 +155,7 @@ def test_a_proposed_beta2_is_advised_only_when_the_sweep_measures_it_better(writ
     torch.manual_seed(0)
     model = spec.model()
     opt = spec.optimizer(model)
-    result = sweep(spec, Backend(torch.device("cpu")), model, opt, [Candidate(16, 1, centre=1e-3, steps=20, beta2=1.0)])
+    result = sweep(spec, CpuBackend(), model, opt, [Candidate(16, 1, centre=1e-3, steps=20, beta2=1.0)])
     assert result.chosen is not None and result.beta2_loss is not None and not result.beta2_kept
     assert opt.param_groups[0]["betas"] == (0.9, 0.999)  # put back
 
@@ -164,14 +164,14 @@ def test_a_proposed_beta2_is_advised_only_when_the_sweep_measures_it_better(writ
 def test_the_sweep_picks_the_batch_that_trained_furthest(write_model, candidates):
     """The same counted time with a step cost proportional to the batch: 64 steps of 4 train further than 4
     of 64 on this problem, wherever the plateau rule's batch stands in the list."""
-    from advisor.device import Backend
+    from advisor.devices.cpu import CpuBackend
     from advisor.probes.sweep import Candidate, sweep
 
     spec = _spec(write_model, SWEEP_TASK)
     torch.manual_seed(0)
     model = spec.model()
     opt = spec.optimizer(model)
-    result = sweep(spec, Backend(torch.device("cpu")), model, opt,
+    result = sweep(spec, CpuBackend(), model, opt,
                    [Candidate(batch, 1, centre=0.02, steps=steps) for batch, steps in candidates])
     assert result.chosen_batch == 4
     assert [t.candidate.batch for t in result.trials] == [b for b, _ in candidates]
@@ -182,7 +182,7 @@ def test_the_sweep_picks_the_batch_that_trained_furthest(write_model, candidates
 
 def test_a_tie_between_batches_goes_to_the_plateau_rules(write_model):
     """The same batch twice scores the same: the first candidate (the plateau rule's) is kept."""
-    from advisor.device import Backend
+    from advisor.devices.cpu import CpuBackend
     from advisor.probes.sweep import Candidate, sweep
 
     spec = _spec(write_model, SWEEP_TASK)
@@ -190,7 +190,7 @@ def test_a_tie_between_batches_goes_to_the_plateau_rules(write_model):
     model = spec.model()
     opt = spec.optimizer(model)
     first, second = Candidate(16, 1, centre=0.3, steps=20), Candidate(16, 1, centre=0.3, steps=20)
-    result = sweep(spec, Backend(torch.device("cpu")), model, opt, [first, second])
+    result = sweep(spec, CpuBackend(), model, opt, [first, second])
     assert result.trials[0].loss == pytest.approx(result.trials[1].loss, rel=1e-6)
     assert result.trials[0] is not result.trials[1] and result.chosen_batch == 16
     assert result.runs == result.trials[0].runs

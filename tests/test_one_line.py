@@ -230,11 +230,11 @@ def test_what_the_model_file_prints_in_a_real_process_goes_to_stderr(tmp_path, c
 @pytest.mark.parametrize("error", [RuntimeError("a bug\nof ours"), GeneratorExit(), KeyError("x")])
 def test_a_failure_outside_every_seam_is_still_one_line_exit_4(tmp_path, monkeypatch, error):
     """The last net, in the CLI: an error no seam named (here, rendering the report) is one line, exit 4."""
-    import advisor.report
+    from advisor.results import Report
 
     def broken(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(advisor.report, "to_json", broken)
+    monkeypatch.setattr(Report, "to_dict", broken)
     result = run_cli("throughput", write(tmp_path, ""), *FAST, "--batch-sizes", "2", "--json")
     assert_one_line_error(result, 4, f"unexpected {type(error).__name__}")

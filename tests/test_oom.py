@@ -1,12 +1,16 @@
-"""is_out_of_memory tells "too big" from real failures; free_device_memory frees the right things."""
+"""is_out_of_memory tells "too big" from real failures; each backend's release_memory frees the right things."""
 
 from __future__ import annotations
+
+import gc
 
 import pytest
 import torch
 
-from advisor.memory import oom
-from advisor.memory.oom import free_device_memory, is_out_of_memory
+from advisor.devices.cpu import CpuBackend
+from advisor.devices.cuda import CudaBackend
+from advisor.devices.mps import MpsBackend
+from advisor.failures import is_out_of_memory
 
 CUDA_OOM = (
     "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB "
@@ -95,28 +99,28 @@ def test_a_real_cpu_allocation_failure_is_oom():
 @pytest.fixture
 def recorded(monkeypatch):
     calls = []
-    monkeypatch.setattr(oom.gc, "collect", lambda *a: calls.append(("collect",)) or 0)
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append(("collect",)) or 0)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache",)))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: calls.append(("reset_peak", d)))
+    monkeypatch.setattr(torch.mps, "empty_cache", lambda: calls.append(("mps_empty_cache",)))
     return calls
 
 
-def test_free_on_cuda_collects_empties_and_resets_the_peak(recorded):
-    free_device_memory(torch.device("cuda", 1))
+def test_release_on_cuda_collects_empties_and_resets_the_peak(recorded):
+    CudaBackend(torch.device("cuda", 1)).release_memory()
     assert recorded == [("collect",), ("empty_cache",), ("reset_peak", torch.device("cuda", 1))]
 
 
-def test_free_accepts_a_device_string(recorded):
-    free_device_memory("cuda:0")
-    assert recorded[-1] == ("reset_peak", torch.device("cuda", 0))
+def test_release_on_mps_collects_and_empties_its_cache(recorded):
+    MpsBackend().release_memory()
+    assert recorded == [("collect",), ("mps_empty_cache",)]
 
 
-@pytest.mark.parametrize("device", [torch.device("cpu"), torch.device("meta"), "mps"])
-def test_free_elsewhere_only_collects(recorded, device):
-    free_device_memory(device)
+def test_release_on_the_cpu_only_collects(recorded):
+    CpuBackend().release_memory()
     assert recorded == [("collect",)]
 
 
-def test_free_on_cpu_really_runs_without_cuda():
-    # Unpatched: torch.cuda.reset_peak_memory_stats(cpu) raises ValueError, so a CUDA call fails here.
-    free_device_memory(torch.device("cpu"))
+def test_release_on_cpu_really_runs_without_cuda():
+    # Unpatched: torch.cuda.reset_peak_memory_stats(cpu) raises ValueError, so a CUDA call would fail here.
+    CpuBackend().release_memory()

@@ -7,7 +7,7 @@ import re
 from rich.console import Console
 
 from advisor.cli import _stages
-from advisor.report import render_doc
+from advisor.tables import render_doc
 
 
 def terminal(width: int = 80) -> tuple[Console, io.StringIO]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from advisor.errors import BadInput
+from advisor.units import Budget
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
@@ -187,6 +188,12 @@ def usable_bytes(profile: dict) -> int:
     return int(profile["total_memory_bytes"]) - int(profile["reserved_memory_bytes"]) - int(
         profile["context_overhead_bytes"]
     )
+
+
+def profile_budget(profile: dict) -> Budget:
+    """The profiled device's usable memory as a budget, saying where it came from."""
+    return Budget(usable_bytes(profile), f"profile {profile['name']} ({profile['source']}): "
+                                         "total - reserved - context overhead")
 
 
 def slugify(text: str) -> str:

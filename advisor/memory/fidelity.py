@@ -16,7 +16,7 @@ cannot make a batch that does not train look as if it fits.
 from dataclasses import dataclass, field
 from typing import Callable
 
-from advisor.device import host_available_bytes
+from advisor.hardware.host import host_available_bytes
 from advisor.memory.trace import StepTracer
 from advisor.spec import ModelSpec
 from advisor.units import format_bytes

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from advisor.device import host_available_bytes
 from advisor.errors import BadInput, ProbeFailed
 from advisor.memory import shard as sharding
 from advisor.memory.attention import BACKENDS, GpuAttention
 from advisor.memory.cuda_overheads import Term, budget_terms, device_terms
 from advisor.memory.fidelity import Fidelity, hold_to_real_steps
 from advisor.memory.trace import StepTracer
+from advisor.hardware.host import host_available_bytes
 from advisor.hardware.profiles import compute_capability
 from advisor.spec import ModelSpec, check_contract, one_line
 from advisor.units import format_bytes

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from advisor import distributed, preconditioners
-from advisor.device import Backend
+from advisor.devices import Backend
 from advisor.errors import ProbeFailed
 from advisor.noise_scale import NoiseScale, Snapshot, noise_scale, series_trend, two_batch_estimates
 from advisor.spec import ModelSpec

@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from advisor.device import Backend
+from advisor.devices import Backend
 from advisor.spec import ModelSpec
 from advisor.step import SavedState, move_batch, split_batch
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from advisor import distributed
-from advisor.device import Backend
+from advisor.devices import Backend
 from advisor.errors import ProbeFailed
-from advisor.memory.oom import try_step
+from advisor.devices.recovery import try_step
 from advisor.spec import ModelSpec
 from advisor.step import SavedState, move_batch
 
@@ -69,7 +69,7 @@ def measure_throughput(spec: ModelSpec, backend: Backend, batch_sizes: list[int]
     opt = spec.optimizer(model)
     saved = SavedState(model, opt)
     ranks = distributed.world()
-    trained = distributed.wrap(model, backend.device)  # DDP in a job: its step is the one timed
+    trained = distributed.wrap(model, backend)  # DDP in a job: its step is the one timed
     if distributed.active():
         torch.manual_seed(seed + 1 + distributed.rank())  # each rank its own batches
     timings: dict[int, tuple[list[float], list[float], list[float]]] = {}  # size -> (step, optimizer, batch() times)
@@ -81,7 +81,7 @@ def measure_throughput(spec: ModelSpec, backend: Backend, batch_sizes: list[int]
         """Time `size` once more into `timings`; False when it ran out of memory."""
         saved.restore()
         times = try_step(lambda: _time_batch(spec, backend, trained, opt, size, warmup_steps, timed_steps),
-                         backend.device, f"the throughput probe at batch {size}", restore=saved.restore)
+                         backend, f"the throughput probe at batch {size}", restore=saved.restore)
         times = _slowest_rank(times, size, backend.device, timed_steps)
         if times is None:
             return False

@@ -1,20 +1,16 @@
-"""Out-of-memory during a probe: recognise it, then give the memory back.
+"""Which failures of a step mean "this batch does not fit" and which mean a broken device.
 
 A probe that grows the batch expects to run out of memory; that error is recovered, never
 shown. Any other error (an illegal memory access, a device-side assert) is a real failure and
 must not be mistaken for "too big", or the search would silently report a wrong limit.
+Recovering (freeing the memory, restoring the state) is the device's: advisor/devices/recovery.py.
 """
 
 from __future__ import annotations
 
-import gc
-from typing import Callable, TypeVar
-
 import torch
 
-from advisor.errors import ProbeFailed, one_line
-
-T = TypeVar("T")
+from advisor.errors import one_line
 
 # torch.OutOfMemoryError (recent torch) is torch.cuda.OutOfMemoryError under another name;
 # both are looked up so that any torch >= 2.1 works.
@@ -55,40 +51,3 @@ def is_device_error(exc: BaseException) -> bool:
     if accelerator_error is not None and isinstance(exc, accelerator_error):
         return True
     return isinstance(exc, RuntimeError) and any(m in one_line(exc, None).lower() for m in _DEVICE_MARKERS)
-
-
-def try_step(step: Callable[[], T], device: torch.device | str, what: str,
-             restore: Callable[[], None] | None = None) -> T | None:
-    """`step()`'s value, or None when it ran out of memory.
-
-    The one place a probe's step meets out-of-memory: the memory is freed once the `except`
-    block (and with it the traceback holding the failed step's tensors) is left, then `restore()`
-    puts the model and optimizer back, so the next step starts where this one did. Any other
-    device error is a ProbeFailed naming `what` (a sticky CUDA error would fail every retry).
-    """
-    try:
-        return step()
-    except Exception as exc:
-        if is_device_error(exc):
-            raise ProbeFailed(f"{what}: {type(exc).__name__}: {one_line(exc)}") from None
-        if not is_out_of_memory(exc):
-            raise
-    free_device_memory(device)
-    if restore is not None:
-        restore()
-    return None
-
-
-def free_device_memory(device: torch.device | str) -> None:
-    """Return what a failed probe held, so the next probe starts from the same floor.
-
-    Call it after leaving the `except` block: the exception's traceback keeps the failed
-    step's tensors alive. gc.collect() breaks reference cycles that still hold tensors;
-    empty_cache() hands cached blocks back so NVML and the next step see them free; the peak
-    is reset so the next measurement is that step's own.
-    """
-    device = torch.device(device)
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)

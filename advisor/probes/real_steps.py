@@ -1,12 +1,13 @@
-"""Peak memory of real steady-state steps on the GPU: what the fake-mode trace predicts, measured.
+"""Peak memory of real steady-state steps on the device: what the fake-mode trace predicts, measured.
 
 `RealSteps` builds the model and optimizer on the device once and runs a warm step (optimizer
-state, cuBLAS and cuDNN handles). Each measured step then restores the saved state, empties the
-allocator's cache, resets its peak statistics and runs one step: its peak is
-`torch.cuda.max_memory_reserved` (what the device had to give; `max_memory_allocated`, the tensors
-alone, is kept beside it). An out-of-memory step is a measurement too: it does not fit.
+state, cuBLAS and cuDNN handles). Each measured step then restores the saved state and runs one step
+under the backend's `measuring()`: on CUDA the allocator's cache emptied and its peak statistics reset,
+the peak `torch.cuda.max_memory_reserved` (what the device had to give; `max_memory_allocated`, the
+tensors alone, is kept beside it); on the CPU the tracked tensor bytes. An out-of-memory step is a
+measurement too: it does not fit.
 
-The CUDA context (the driver's per-process state, kernels, library handles) is memory that neither
+On CUDA, the context (the driver's per-process state, kernels, library handles) is memory that neither
 the allocator nor the fake trace sees. It is measured as a difference: NVML's free memory before
 this process's first CUDA work less after the warm step, less what the allocator reserved in
 between. This needs no per-process NVML figures, which containers hide (NVML reports host pids); a
@@ -19,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from advisor.device import Backend, Peak
+from advisor.devices import Backend, Peak
+from advisor.devices.recovery import try_step
 from advisor.errors import BadInput
-from advisor.memory.oom import try_step
 from advisor.spec import ModelSpec
 from advisor.step import SavedState, move_batch, tensors_in, train_step
 
@@ -33,13 +34,14 @@ class RealSteps:
         self.first_step = Peak()  # the warm step's peak (it creates the optimizer's state)
         free_before, reserved_before = backend.free_memory()[0], backend.reserved_now()
         torch.manual_seed(seed)
-        if try_step(lambda: self._build(smallest), backend.device, f"the first step at batch {smallest} on "
+        if try_step(lambda: self._build(smallest), backend, f"the first step at batch {smallest} on "
                     f"{backend.device}") is None:
             raise BadInput(f"{spec.path}: nothing fits on {backend.device}: the model, its optimizer and a "
                            f"step at batch {smallest} run out of memory")
         self.saved = SavedState(self.model, self.opt)
-        self.context_bytes = 0  # what the device lost to this process beyond the allocator's reserve
-        if backend.is_cuda:
+        # what the device lost to this process beyond the allocator's reserve (the CUDA context)
+        self.context_bytes = 0
+        if backend.measures_context:
             free_after, reserved_after = backend.free_memory()[0], backend.reserved_now()
             self.context_bytes = max(0, (free_before - free_after) - (reserved_after - reserved_before))
 
@@ -55,7 +57,7 @@ class RealSteps:
         """Bytes the allocator reserved at the peak of one steady-state step at `batch`; None when
         the step runs out of memory (the memory is then freed and the state restored)."""
         if batch not in self.peaks:
-            self.peaks[batch] = try_step(lambda: self._measured_step(batch), self.backend.device,
+            self.peaks[batch] = try_step(lambda: self._measured_step(batch), self.backend,
                                          f"the real step at batch {batch} on {self.backend.device}",
                                          restore=self.saved.restore)
         found = self.peaks[batch]

@@ -10,13 +10,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from advisor.device import Budget
 from advisor.errors import BadInput
-from advisor.memory.cuda import RealSteps
 from advisor.memory.search import affine_fit, confirm_max_batch, largest_fitting_batch
 from advisor.memory.trace import StepTracer
+from advisor.probes.real_steps import RealSteps
 from advisor.spec import ModelSpec
-from advisor.units import format_bytes
+from advisor.units import Budget, format_bytes
 
 MEASURED_ON_CUDA = ("measured on CUDA: max_memory_reserved of real steady-state steps; "
                     "predicted by the fake-mode trace")
@@ -117,7 +116,7 @@ def _confirm_on_device(predicted: MemoryResult, tracer: StepTracer, real: RealSt
     measured = {b: None if p is None else (p.reserved, p.allocated) for b, p in real.peaks.items()}
     return MemoryResult(predicted.budget, predicted.margin, confirmed, min(calibrated(safe_usable), confirmed),
                         predicted.fixed_bytes, predicted.bytes_per_sample, peaks, False,
-                        MEASURED_ON_CUDA if real.backend.is_cuda else CONFIRMED_ON_CPU, 0.0,
+                        MEASURED_ON_CUDA if real.backend.confirms_with_real_steps else CONFIRMED_ON_CPU, 0.0,
                         predicted_max_batch=predicted.max_batch, real_steps=len(real.peaks),
                         context_bytes=real.context_bytes, measured=measured)
 
