@@ -282,12 +282,19 @@ class FileScope:
     """The interpreter as the model file's code sees it, only while that code runs: its folder first on
     sys.path (so it imports its own helpers, as `python model.py` would, also lazily from model() or batch()),
     no bytecode written (no __pycache__ beside the user's files), and its own modules (the file, the helpers
-    from its folder) in sys.modules. Outside, sys.path, sys.dont_write_bytecode and sys.modules are as the
-    caller left them: a module of the same name in the caller's program is neither shadowed nor replaced."""
+    from its folder) in sys.modules, where a module of the caller's by the name of one in the folder is set
+    aside. Outside, sys.path, sys.dont_write_bytecode and sys.modules are as the caller left them: the
+    caller's module of that name is neither shadowed nor replaced."""
 
     def __init__(self, path: Path):
         self.name = f"bsadvisor_user_model_{abs(hash(path.resolve()))}"
-        self.folder = str(path.resolve().parent)
+        folder = path.resolve().parent
+        self.folder = str(folder)
+        try:  # what `import x` finds in the folder first, as `python model.py` would
+            self.local_names = {p.stem for p in folder.glob("*.py")} | {
+                p.parent.name for p in folder.glob("*/__init__.py")}
+        except OSError:
+            self.local_names = set()
         self.own: dict[str, Any] = {}  # the file's modules, kept between calls
         self.depth = 0  # calls nest (the loss calls model code): only the outermost enters and leaves
 
@@ -301,7 +308,8 @@ class FileScope:
                 self.depth -= 1
             return
         saved_path, saved_flag = list(sys.path), sys.dont_write_bytecode
-        replaced = {name: sys.modules[name] for name in self.own if name in sys.modules}
+        replaced = {name: sys.modules.pop(name) for name in self.local_names | set(self.own)
+                    if name in sys.modules and not _inside(getattr(sys.modules[name], "__file__", None), self.folder)}
         known = set(sys.modules)
         sys.path.insert(0, self.folder)
         sys.dont_write_bytecode = True

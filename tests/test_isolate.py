@@ -74,3 +74,12 @@ def test_crash_messages():
     assert crash_message(4, "bsadvisor: error: noise probe: batch(64) did not finish within 2 s\n") == \
         "noise probe: batch(64) did not finish within 2 s"
     assert "unknown signal" in crash_message(-200, "")
+
+
+def test_the_noise_probe_runs_isolated_too(write_model):
+    """The child rebuilds every setting from JSON (the noise budget arrived as a plain dict, once)."""
+    path = write_model(MLP)
+    result = invoke("noise", path, "--device", "cpu", "--noise-budget", "2steps", "--noise-warmup-steps", "1",
+                    "--snapshots", "4", "--isolate", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["noise"]["stopped"] == "the probe's budget (2 training steps)"

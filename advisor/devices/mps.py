@@ -1,11 +1,11 @@
 """Apple's GPU (Metal Performance Shaders) as a device.
 
 Memory is unified with the host's, and Metal sets how much of it one process should use: the budget is
-Metal's recommended working set (`torch.mps.recommended_max_memory`) less what this process's driver
-allocations already hold beyond torch's live tensors... taken back as ours to reuse, as on CUDA. torch
-keeps no peak statistics for MPS, so a step's peak is its exact tracked tensor bytes (the fake trace's
-own measure); the traced boundary therefore needs no confirming real steps. There is one MPS device and
-no NCCL: a data-parallel job has one rank.
+Metal's recommended working set (`torch.mps.recommended_max_memory`) less what the driver holds, plus what
+torch's MPS allocator caches beyond live tensors (ours to reuse, as on CUDA). torch keeps no peak
+statistics for MPS, so a step's peak is its exact tracked tensor bytes (the fake trace's own measure), and
+no real steps confirm the traced boundary. There is one MPS device and no NCCL: a data-parallel job has
+one rank.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ MPS_MEMORY_SOURCE = "Metal's recommended working set less what this process hold
 class MpsBackend(Backend):
     def __init__(self, note: str | None = None):
         super().__init__(torch.device("mps"), note)
+
+    @property
+    def measured_on(self) -> str:
+        return "measured on MPS"
 
     def synchronize(self) -> None:
         torch.mps.synchronize()

@@ -1,0 +1,110 @@
+"""The device seam: backends chosen by name, and Apple's MPS behind it, tested with a fake torch.mps (this
+machine has no Metal GPU). A kind of device answers the same questions as every other; the probes never ask
+which kind it is."""
+
+import pytest
+import torch
+
+import advisor
+from advisor.devices import rank_limit, resolve_device
+from advisor.devices.cpu import CpuBackend
+from advisor.devices.mps import MPS_MEMORY_SOURCE, MpsBackend
+from advisor.errors import DeviceUnavailable
+from advisor.units import Budget
+
+GiB = 1 << 30
+
+
+@pytest.fixture
+def fake_mps(monkeypatch):
+    """torch.mps as a Mac with a 16 GiB working set reports it: the driver holds 3 GiB, tensors 1 GiB."""
+    calls = []
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 16 * GiB)
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 3 * GiB)
+    monkeypatch.setattr(torch.mps, "current_allocated_memory", lambda: 1 * GiB)
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append("synchronize"))
+    monkeypatch.setattr(torch.mps, "empty_cache", lambda: calls.append("empty_cache"))
+    state = {"rng": torch.tensor([1, 2, 3], dtype=torch.uint8)}
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: state["rng"].clone())
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda s: state.update(rng=s))
+    return calls, state
+
+
+class CpuStandIn(MpsBackend):
+    """The MPS backend's answers with the steps run on the CPU: the pipeline goes through the MPS seam."""
+
+    def __init__(self):
+        super().__init__()
+        self.device = torch.device("cpu")
+
+
+def test_mps_is_chosen_by_name_and_by_auto_after_cuda(fake_mps):
+    assert isinstance(resolve_device("mps"), MpsBackend) and isinstance(resolve_device("mps:0"), MpsBackend)
+    auto = resolve_device("auto")
+    assert isinstance(auto, MpsBackend) and auto.note is None
+    with pytest.raises(DeviceUnavailable, match="there is one MPS device"):
+        resolve_device("mps:1")
+
+
+def test_no_mps_is_exit_3_and_auto_falls_back_to_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceUnavailable, match=r"^--device mps: MPS is not available") as caught:
+        resolve_device("mps")
+    assert caught.value.exit_code == 3
+    auto = resolve_device("auto")
+    assert isinstance(auto, CpuBackend) and "measuring on the CPU" in auto.note
+
+
+def test_the_mps_budget_is_the_working_set_less_what_others_hold(fake_mps):
+    backend = MpsBackend()
+    # free: 16 - 3 GiB the driver holds; ours to reuse: 3 - 1 GiB cached beyond live tensors
+    assert backend.memory_budget(None) == Budget(15 * GiB, MPS_MEMORY_SOURCE)
+    assert backend.memory_budget(4 * GiB) == Budget(4 * GiB, "--memory")
+
+
+def test_mps_times_after_synchronising_and_frees_its_cache(fake_mps):
+    calls, _ = fake_mps
+    backend = MpsBackend()
+    assert backend.timed(lambda: calls.append("step")) >= 0
+    assert calls == ["synchronize", "step", "synchronize"]
+    backend.release_memory()
+    assert calls[-1] == "empty_cache"
+
+
+def test_mps_peaks_are_tracked_tensor_bytes(fake_mps):
+    with MpsBackend().measuring() as peak:
+        x = torch.empty(1 << 20, dtype=torch.uint8)
+        del x
+    assert peak.reserved == peak.allocated == 1 << 20
+
+
+def test_mps_gives_back_the_random_states(fake_mps):
+    _, state = fake_mps
+    before = torch.get_rng_state()
+    with MpsBackend().preserving_rng():
+        torch.manual_seed(7)
+        state["rng"] = torch.tensor([9], dtype=torch.uint8)
+    assert torch.equal(torch.get_rng_state(), before) and state["rng"].tolist() == [1, 2, 3]
+
+
+def test_one_rank_per_mps_device(fake_mps):
+    assert rank_limit("mps")[0] == 1 and rank_limit("auto")[0] == 1
+
+
+def test_the_pipeline_runs_through_the_mps_seam(fake_mps):
+    """Memory from Metal's figures, peaks tracked (no real steps confirm them: nothing rounds them), timing
+    said to be measured on MPS."""
+    def model():
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+    def batch(n):
+        x = torch.randn(n, 8)
+        return x, (x.sum(1) > 0).long()
+
+    report = advisor.max_batch(model, batch, device=CpuStandIn())
+    assert report.memory.budget == Budget(15 * GiB, MPS_MEMORY_SOURCE) and report.memory.real_steps == 0
+    report = advisor.throughput(model, batch, device=CpuStandIn(), batch_sizes=[2, 4], max_step_seconds=0.05)
+    assert report.throughput.method.startswith("measured on MPS")
