@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 
 Model = Annotated[str, typer.Argument(help="A model file: defines model() and batch(size), see the README.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 MemoryOpt = Annotated[Optional[str], typer.Option("--memory", help="Memory budget, e.g. 512MiB or 12GB "
                                                   "(default: what the device has free).")]
 MarginOpt = Annotated[float, typer.Option("--margin", help="Fraction of the budget kept free, in [0, 1).")]
