@@ -96,12 +96,12 @@ def test_hanging_batch_ends_the_run_with_exit_4(write_model):
                        "    return _real_batch(n)\n")
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "advisor", "throughput", str(path), "--device", "cpu",
-                             "--batch-sizes", "1,2,64", "--step-timeout", "8"],
+                             "--batch-sizes", "1,2,64", "--step-timeout", "4"],
                             capture_output=True, text=True, timeout=60)
     elapsed = time.monotonic() - started
     assert result.returncode == 4
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == [lines[0]] and "throughput probe: batch(64) did not finish within 8 s" in lines[0]
+    assert lines == [lines[0]] and "throughput probe: batch(64) did not finish within 4 s" in lines[0]
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert elapsed < 60
 
