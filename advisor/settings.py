@@ -103,7 +103,14 @@ def make_settings(memory: str | int | None = None, margin: float = 0.1, base_bat
 
 
 def _check_numbers(named: Callable[[str], str], **values) -> None:
-    """Every number bounded: batches, steps, seconds, rates, the seed."""
+    """Every number bounded: batches, counts, fractions and rates, seconds."""
+    _check_batches(named, values)
+    _check_counts(named, values)
+    _check_fractions_and_rates(named, values)
+    _check_seconds(named, values)
+
+
+def _check_batches(named: Callable[[str], str], values: dict) -> None:
     for option in ("base_batch", "noise_batch", "check_batch", "min_max_batch"):
         value = values[option]
         if value is not None and not (_is_int(value) and 1 <= value <= MAX_BATCH):
@@ -112,19 +119,34 @@ def _check_numbers(named: Callable[[str], str], **values) -> None:
     if values["noise_batch"] is not None and values["noise_batch"] < 2:
         raise BadInput(f"{named('noise_batch')} must be at least 2 (the noise scale compares micro-batches), "
                        f"got {values['noise_batch']}")
-    margin = values["margin"]
-    if not (_is_number(margin) and 0 <= margin < 1):  # false for NaN too
-        raise BadInput(f"{named('margin')} must be a fraction in [0, 1), got {margin}")
-    snapshots = values["noise_snapshots"]
+
+
+def _check_counts(named: Callable[[str], str], values: dict) -> None:
+    snapshots, warmup = values["noise_snapshots"], values["noise_warmup_steps"]
     if not (_is_int(snapshots) and MIN_SNAPSHOTS <= snapshots <= MAX_STEPS):
         raise BadInput(f"{named('noise_snapshots')} must be an integer from {MIN_SNAPSHOTS} (what the bootstrap "
                        f"interval needs) to {MAX_STEPS}, got {_shown(snapshots)}")
-    warmup = values["noise_warmup_steps"]
     if not (_is_int(warmup) and 0 <= warmup <= MAX_STEPS):
         raise BadInput(f"{named('noise_warmup_steps')} must be an integer from 0 to {MAX_STEPS}, got {_shown(warmup)}")
-    base_lr = values["base_lr"]
+    plan_gpus, seed = values["plan_gpus"], values["seed"]
+    if plan_gpus is not None and not (_is_int(plan_gpus) and 1 <= plan_gpus <= MAX_PLAN_GPUS):
+        raise BadInput(f"{named('plan_gpus')} must be a positive integer of at most {MAX_PLAN_GPUS}, "
+                       f"got {_shown(plan_gpus)}")
+    if not (_is_int(seed) and 0 <= seed < 2**63):  # the ranks seed with seed + 1 + rank, a 64-bit seed too
+        raise BadInput(f"{named('seed')} must be an integer in [0, 2**63), got {_shown(seed)}")
+
+
+def _check_fractions_and_rates(named: Callable[[str], str], values: dict) -> None:
+    margin, base_lr, target = values["margin"], values["base_lr"], values["target_loss"]
+    if not (_is_number(margin) and 0 <= margin < 1):  # false for NaN too
+        raise BadInput(f"{named('margin')} must be a fraction in [0, 1), got {margin}")
     if base_lr is not None and not (_is_number(base_lr) and math.isfinite(base_lr) and 0 < base_lr <= MAX_BASE_LR):
         raise BadInput(f"{named('base_lr')} must be a positive number of at most {MAX_BASE_LR:g}, got {base_lr}")
+    if target is not None and not (_is_number(target) and math.isfinite(target)):
+        raise BadInput(f"{named('target_loss')} must be a finite number, got {target}")
+
+
+def _check_seconds(named: Callable[[str], str], values: dict) -> None:
     step_limit = values["max_step_seconds"]
     if not (_is_number(step_limit) and math.isfinite(step_limit) and step_limit > 0):
         raise BadInput(f"{named('max_step_seconds')} must be a positive number of seconds, got {step_limit}")
@@ -133,16 +155,6 @@ def _check_numbers(named: Callable[[str], str], **values) -> None:
         if not (_is_number(value) and math.isfinite(value) and 0 < value <= MAX_SECONDS):
             raise BadInput(f"{named(option)} must be a positive number of seconds of at most {MAX_SECONDS:g}, "
                            f"got {value}")
-    plan_gpus = values["plan_gpus"]
-    if plan_gpus is not None and not (_is_int(plan_gpus) and 1 <= plan_gpus <= MAX_PLAN_GPUS):
-        raise BadInput(f"{named('plan_gpus')} must be a positive integer of at most {MAX_PLAN_GPUS}, "
-                       f"got {_shown(plan_gpus)}")
-    target = values["target_loss"]
-    if target is not None and not (_is_number(target) and math.isfinite(target)):
-        raise BadInput(f"{named('target_loss')} must be a finite number, got {target}")
-    seed = values["seed"]
-    if not (_is_int(seed) and 0 <= seed < 2**63):  # the ranks seed with seed + 1 + rank, a 64-bit seed too
-        raise BadInput(f"{named('seed')} must be an integer in [0, 2**63), got {_shown(seed)}")
 
 
 def _check_shard(named: Callable[[str], str], shard: int | None, attention: str | None, profile) -> None:

@@ -30,6 +30,10 @@ DEFAULT_STEP_TIMEOUT = 300.0
 DEFAULT_COLLECTIVE_TIMEOUT = 120.0  # a collective of a distributed job (advisor.distributed)
 LAST_RESORT_GRACE = 10.0  # seconds a timed-out call may take to unwind before the last resort (at most the timeout)
 
+# The signal that interrupts the watched thread; None where the platform has none (Windows): the timeout is
+# then raised as the call returns, as off the main thread.
+_SIGNAL = getattr(signal, "SIGALRM", None) if hasattr(signal, "pthread_kill") else None
+
 _active: "Watchdog | None" = None
 _last_resort = None  # called with the message when a timed-out call does not unwind (see last_resort)
 
@@ -68,14 +72,14 @@ class Watchdog:
     def _interrupt(self) -> None:
         with self._lock:
             if self._signalled and not self._stop.is_set():
-                signal.pthread_kill(self._target, signal.SIGALRM)
+                signal.pthread_kill(self._target, _SIGNAL)
 
     def _raise_timeout(self, signum, frame) -> None:
         if self.fired is not None:
             raise StepTimeout(self.fired)
 
     def start(self) -> None:
-        self._signalled = _install(signal.SIGALRM, self._raise_timeout)
+        self._signalled = _install(self._raise_timeout)
         self._thread.start()
 
     def stop(self) -> None:
@@ -83,12 +87,12 @@ class Watchdog:
             self._stop.set()
 
 
-def _install(signum: int, handler) -> bool:
+def _install(handler) -> bool:
     """Set `handler` where a handler can be set (the main thread of the main interpreter)."""
-    if threading.current_thread() is not threading.main_thread():
+    if _SIGNAL is None or threading.current_thread() is not threading.main_thread():
         return False
     try:
-        signal.signal(signum, handler)
+        signal.signal(_SIGNAL, handler)
     except (ValueError, OSError):  # a subinterpreter, or a platform without the signal
         return False
     return True
@@ -100,8 +104,8 @@ def watching(timeout: float):
     seconds raises StepTimeout (a ProbeFailed) in the body; one that returned late, as the body ends."""
     global _active
     dog, previous = Watchdog(timeout), _active
-    previous_handler = signal.getsignal(signal.SIGALRM) if threading.current_thread() is threading.main_thread() \
-        else None
+    previous_handler = signal.getsignal(_SIGNAL) if _SIGNAL is not None and \
+        threading.current_thread() is threading.main_thread() else None
     _active = dog
     dog.start()
     try:
@@ -110,7 +114,7 @@ def watching(timeout: float):
         dog.stop()
         _active = previous
         if dog._signalled:
-            signal.signal(signal.SIGALRM, previous_handler if previous_handler is not None else signal.SIG_DFL)
+            signal.signal(_SIGNAL, previous_handler if previous_handler is not None else signal.SIG_DFL)
     if dog.fired is not None:  # the late call returned (a worker thread), or swallowed the exception
         raise StepTimeout(dog.fired)
 

@@ -156,18 +156,34 @@ def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batc
         if target_loss is not None and series[-1].loss <= target_loss:
             stopped = f"the target loss {target_loss:g} (--target-loss): reached at step {at_step}"
             break
-        spent = clock() - budget_started
         ahead = max(steps[j + 1] - step, 0) * step_seconds + snapshots * snapshot_seconds
-        if budget.seconds is not None and spent + ahead > budget.seconds:
-            stopped = (f"the probe's budget ({budget.describe()}): the next point, at step {steps[j + 1]}, "
-                       f"would end at about {spent + ahead:.0f} s")
-            break
-        if budget.planned_from is not None and spent + ahead > OVERRUN * budget.planned_from:
-            stopped = (f"the machine is slower than the step times planned ({budget.describe()}): the next point "
-                       f"would end at about {spent + ahead:.0f} s, over {OVERRUN:g}x the budget")
+        over = _over_budget(budget, clock() - budget_started + ahead, steps[j + 1])
+        if over:
+            stopped = over
             break
     progress(len(series), len(series))
     pooled = [e for point in series[-LATE_POINTS:] for e in point.estimates]
+    method = _method(backend, series, warmup_batch, snapshots, micro_batches, micro, opt, kind, note, local)
+    if keep is not None:
+        keep.append(TrainedRun(model, opt))
+    scale = noise_scale(pooled, seed=seed)
+    return NoiseResult(scale, big, micro, warmup_steps, kind != "raw", method, time.perf_counter() - started,
+                       tuple(series), kind, warmup_batch, stopped, series_trend([(p.step, p.scale) for p in series]))
+
+
+def _over_budget(budget: NoiseBudget, ends_at: float, next_step: int) -> str | None:
+    """Why the next point, ending `ends_at` seconds into the probe, is not measured (None: it is)."""
+    if budget.seconds is not None and ends_at > budget.seconds:
+        return (f"the probe's budget ({budget.describe()}): the next point, at step {next_step}, "
+                f"would end at about {ends_at:.0f} s")
+    if budget.planned_from is not None and ends_at > OVERRUN * budget.planned_from:
+        return (f"the machine is slower than the step times planned ({budget.describe()}): the next point "
+                f"would end at about {ends_at:.0f} s, over {OVERRUN:g}x the budget")
+    return None
+
+
+def _method(backend, series, warmup_batch, snapshots, micro_batches, micro, opt, kind, note, local) -> str:
+    """How the series was measured, as the report says it."""
     method = (f"{backend.measured_on}: {len(series)} points of the base setting's training run (batch "
               f"{warmup_batch}), steps {', '.join(str(p.step) for p in series)}; each {snapshots} snapshots of "
               f"{micro_batches} micro-batches of {micro}; the advice uses the last {min(LATE_POINTS, len(series))} "
@@ -177,13 +193,9 @@ def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batc
     if note:
         method += f"; {note}"
     if distributed.active():
-        method += (f"; {local} micro-batches on each of {ranks} ranks (data parallel: local gradients the small "
-                   "batch, their all-reduced mean the big one)")
-    if keep is not None:
-        keep.append(TrainedRun(model, opt))
-    scale = noise_scale(pooled, seed=seed)
-    return NoiseResult(scale, big, micro, warmup_steps, kind != "raw", method, time.perf_counter() - started,
-                       tuple(series), kind, warmup_batch, stopped, series_trend([(p.step, p.scale) for p in series]))
+        method += (f"; {local} micro-batches on each of {distributed.world()} ranks (data parallel: local gradients "
+                   "the small batch, their all-reduced mean the big one)")
+    return method
 
 
 def _snapshot(spec, model, opt, kind, params, backend, local, micro, micro_batches, big, where):
