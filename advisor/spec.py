@@ -309,7 +309,7 @@ class FileScope:
             return
         saved_path, saved_flag = list(sys.path), sys.dont_write_bytecode
         replaced = {name: sys.modules.pop(name) for name in self.local_names | set(self.own)
-                    if name in sys.modules and not _inside(getattr(sys.modules[name], "__file__", None), self.folder)}
+                    if name in sys.modules and _set_aside(sys.modules[name], self.folder)}
         known = set(sys.modules)
         sys.path.insert(0, self.folder)
         sys.dont_write_bytecode = True
@@ -338,6 +338,17 @@ class FileScope:
 
     def forget(self) -> None:
         self.own.clear()
+
+
+def _set_aside(module: Any, folder: str) -> bool:
+    """Whether the caller's `module`, named like one in the model file's folder, makes way for it while the
+    file's code runs: a module of the caller's own program does; one from outside it (the standard library,
+    an installed package such as torch, bsadvisor itself) stays, whatever the folder holds."""
+    file = getattr(module, "__file__", None)
+    if not file or _inside(file, folder) or module.__name__ in sys.stdlib_module_names:
+        return False
+    return not any(part in ("site-packages", "dist-packages") for part in Path(file).parts) and \
+        module.__name__.split(".")[0] not in ("advisor", "bsadvisor", "torch")
 
 
 def _inside(file: str | None, folder: str) -> bool:

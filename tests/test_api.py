@@ -102,7 +102,8 @@ def test_no_process_wide_state_survives_a_call(tmp_path, write_model):
     (tmp_path / "helpers.py").write_text("import torch\nSCALE = 1.0\n")
     path = write_model(MLP.replace("def batch(n):\n", "def batch(n):\n    from helpers import SCALE\n")
                        + "import helpers\n")
-    mine = types.ModuleType("helpers")  # the caller's own `helpers`
+    mine = types.ModuleType("helpers")  # the caller's own `helpers`, from its own folder
+    mine.__file__ = str(tmp_path.parent / "a-project-of-the-callers" / "helpers.py")
     sys.modules["helpers"] = mine
     try:
         torch.manual_seed(1234)
