@@ -22,13 +22,13 @@ task strays from both is measured by short runs, every parameter group's rate sc
   too low.
 
 A run whose loss is not finite, or 1.5× where it started, diverged. The first candidate (the plateau
-rule's batch) tries 5 rates, ½ to 2× the rule's; the others 3, centred on their own rule's rate scaled
-as the first's sweep found. At each batch, when the lowest score is at an end of its range, the sweep
+rule's batch) tries 5 rates, ½ to 2× the rule's; the others as many, centred on their own rule's rate
+scaled as the first's sweep found. At each batch, when the lowest score is at an end of its range, the sweep
 goes on past that end (half an octave a run, at most `EXTEND` more) while it improves; it picks the
 lowest score among the runs stable both ways, never a rate above the smallest one that was unstable, at
-the vertex of the parabola through that run and its neighbours (in log rate) when it has both: the
-valley is often flat, and its lowest point hops between neighbours from run to run where the vertex
-does not.
+the vertex of the parabola fitted (in log rate) to that run and up to two neighbours each side when it
+has neighbours on both: the valley is often flat, and its lowest point hops from run to run where the
+fitted vertex does not.
 Each batch then runs its best rate once more, for the same counted time, from the noise probe's last
 weights. Progress is the fall of the loss from where the runs started (the fresh model's held-out loss,
 or the last weights'). The plateau rule's batch (the first) stays unless another made more progress by
@@ -50,15 +50,14 @@ from advisor.device import Backend
 from advisor.spec import ModelSpec
 from advisor.step import SavedState, move_batch, split_batch
 
-FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0)  # × the first candidate's rate: half an octave apart
-NEIGHBOUR_FACTORS = (0.71, 1.0, 1.41)   # × another candidate's rate
+FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0)  # × a candidate's centre rate: half an octave apart
 DIVERGED = 1.5                          # a score this many times where the run started has diverged
 GIVE_BACK = 0.1                         # from the last weights, also this share of the progress since initialisation
 TIE = 0.01                              # progress within 1% is a tie: not evidence for another batch or β2
 EXTEND = 4                              # runs past an end of a batch's range, at most
 HELD_OUT = 256                          # examples (at least) the starting losses are measured on
 HELD_OUT_POINTS = 4                     # a hold run's held-out loss: the mean at this many of its late steps
-TYPICAL_RUNS = 15                       # about 7 at the first batch, 4 at each of two others: for a budget
+TYPICAL_RUNS = 19                       # about 7 at the first batch, 6 at each of two others: for a budget
 
 
 @dataclass(frozen=True)
@@ -120,13 +119,13 @@ def sweep(spec: ModelSpec, backend: Backend, model: torch.nn.Module, opt: torch.
     started = time.perf_counter()
     first = candidates[0]
     runner = _Runner(spec, backend, model, opt, seed, hold_steps, held_out=(first.micro, _held_out_batches(first.micro)))
-    planned = len(FACTORS) + len(NEIGHBOUR_FACTORS) * (len(candidates) - 1)
+    planned = len(FACTORS) * len(candidates)
     report = lambda: progress(runner.count, max(planned, runner.count))  # noqa: E731
-    trials = [_rates_at(runner, candidates[0], FACTORS, report)]
+    trials = [_rates_at(runner, candidates[0], report)]
     correction = trials[0].chosen / candidates[0].centre if trials[0].chosen else 1.0
     for other in candidates[1:]:
         shifted = Candidate(other.micro, other.accumulation, other.centre * correction, other.steps, other.beta2)
-        trials.append(_rates_at(runner, shifted, NEIGHBOUR_FACTORS, report))
+        trials.append(_rates_at(runner, shifted, report))
     # where the run is headed too: each batch's best rate for the same counted time from the last weights
     trials = [replace(t, late_loss=runner.train_late(t.candidate, t.chosen)) if t.chosen is not None else t
               for t in trials]
@@ -147,9 +146,9 @@ def sweep(spec: ModelSpec, backend: Backend, model: torch.nn.Module, opt: torch.
                        beta2_late_loss)
 
 
-def _rates_at(runner: "_Runner", candidate: Candidate, factors, progress) -> BatchTrial:
+def _rates_at(runner: "_Runner", candidate: Candidate, progress) -> BatchTrial:
     runs: list[SweepRun] = []
-    for factor in factors:
+    for factor in FACTORS:
         runs.append(runner.run(candidate, candidate.centre * factor))
         progress()
     for step in (math.sqrt(2), 1 / math.sqrt(2)):  # past the end where the best lies, while it improves
@@ -167,9 +166,11 @@ def _rates_at(runner: "_Runner", candidate: Candidate, factors, progress) -> Bat
 
 def _best_rate(runs: list[SweepRun]) -> tuple[float, float] | None:
     """(rate, score): of the stable runs below the first unstable rate, the lowest score's, moved to the vertex
-    of the parabola (in log rate) through it and its two neighbours when it has both. The valley is often
-    flat: on the MLP example 0.32 to 0.64 scored within 2% of each other, and the lowest point hopped
-    between 0.32 and 0.45 from one run to the next, where the vertex does not. The score is the lowest
+    of the parabola fitted (least squares, in log rate) to it and up to two neighbours on each side. The
+    valley is often flat (on the MLP example 0.32 to 0.64 scored within 2% of each other, and the lowest
+    point hopped between 0.32 and 0.45 from one run to the next), and one short run can land far off the
+    curve (the GPT example at batch 6: 2.75 at 0.0021 between 2.60 and 2.56 either side, from a later
+    escape from a plateau), so the fit uses as many points as the valley has. The score is the lowest
     measured."""
     stable = [r for r in runs if not r.diverged]
     if not stable:
@@ -178,19 +179,37 @@ def _best_rate(runs: list[SweepRun]) -> tuple[float, float] | None:
         s.learning_rate for s in stable)), math.inf)
     candidates = sorted((r for r in stable if r.learning_rate < first_unstable), key=lambda r: r.learning_rate)
     i = min(range(len(candidates)), key=lambda k: candidates[k].loss)
+    window = candidates[max(0, i - 2):i + 3]
     if 0 < i < len(candidates) - 1:
-        return _vertex(*candidates[i - 1:i + 2]), candidates[i].loss
+        return _vertex(window) or candidates[i].learning_rate, candidates[i].loss
     return candidates[i].learning_rate, candidates[i].loss
 
 
-def _vertex(left: SweepRun, mid: SweepRun, right: SweepRun) -> float:
-    """The minimum of the parabola through three runs in log rate, kept between the outer two."""
-    (a, fa), (b, fb), (c, fc) = ((math.log(r.learning_rate), r.loss) for r in (left, mid, right))
-    denominator = (b - a) * (fb - fc) - (b - c) * (fb - fa)
-    if denominator == 0:
-        return mid.learning_rate
-    x = b - 0.5 * ((b - a) ** 2 * (fb - fc) - (b - c) ** 2 * (fb - fa)) / denominator
-    return math.exp(min(max(x, a), c))
+def _vertex(window: list[SweepRun]) -> float | None:
+    """The minimum of the least-squares parabola through the runs' scores against log rate, kept inside their
+    span; None when the fit does not open upwards (no minimum)."""
+    xs, ys = [math.log(r.learning_rate) for r in window], [r.loss for r in window]
+    mean = sum(xs) / len(xs)
+    xs = [x - mean for x in xs]  # centred, for a well-conditioned fit
+    sums = [sum(x ** k for x in xs) for k in range(5)]
+    rhs = [sum(y * x ** k for x, y in zip(xs, ys)) for k in range(3)]
+    matrix = [[sums[r + c] for c in range(3)] for r in range(3)]
+    solution = _solve3(matrix, rhs)
+    if solution is None or solution[2] <= 0:
+        return None
+    _, b, a = solution
+    return math.exp(min(max(-b / (2 * a), xs[0]), xs[-1]) + mean)
+
+
+def _solve3(matrix: list[list[float]], rhs: list[float]) -> list[float] | None:
+    """Cramer's rule for a 3 x 3 system; None when it is singular."""
+    def det(m):
+        return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+                + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
+    d = det(matrix)
+    if d == 0:
+        return None
+    return [det([[rhs[r] if c == k else matrix[r][c] for c in range(3)] for r in range(3)]) / d for k in range(3)]
 
 
 def _best_trial(trials: list[BatchTrial], start_loss: float, hold_loss: float) -> BatchTrial | None:
