@@ -355,13 +355,12 @@ class Advisor:
         rule_batch = rec.plan.batch_size
         if result.chosen_batch != rule_batch:
             rec = self._rule_recommendation(measured=(result.chosen_batch, _batch_verdict(result)))
-        best = next(r for r in result.runs if r.learning_rate == result.chosen)
+        trial = next(t for t in result.trials if t.candidate.batch == result.chosen_batch)
         rec = with_swept_rate(rec, result.chosen, f"{len(result.runs)} short runs of {result.steps} steps, "
-                                                  f"lowest loss {best.loss:.4g}")
+                                                  f"lowest loss {trial.loss:.4g}")
         if len(result.trials) > 1 and result.chosen_batch == rule_batch:
             rec = replace(rec, reasons=rec.reasons + [_batch_verdict(result)])
         if rec.beta2 is not None and not result.beta2_kept:
-            trial = next(t for t in result.trials if t.candidate.batch == result.chosen_batch)
             rec = replace(rec, beta2=None, reasons=[r for r in rec.reasons if not r.startswith("beta2")] + [
                 f"beta2 stays {rec.base_beta2:g}: the half-life rule's {rec.beta2:.4g} scored {result.beta2_loss:.4g} "
                 f"from initialisation and {result.beta2_late_loss:.4g} from the noise probe's last weights at the "

@@ -36,7 +36,7 @@ class Settings:
     noise_snapshots: int = 16  # per point of the noise series
     noise_budget: NoiseBudget = field(default_factory=NoiseBudget)
     lr_sweep: bool = True
-    sweep_seconds: float = 30.0
+    sweep_seconds: float = 40.0
     target_loss: float | None = None  # the loss the user's run trains to: the noise series stops there
     batch_sizes: tuple[int, ...] | None = None
     max_step_seconds: float = 1.0

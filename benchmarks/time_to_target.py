@@ -315,6 +315,15 @@ def report(data: dict) -> str:
                      f"({rec['lr_source']}; rule {rec['rule_lr']:.3g}), warm-up {rec['warmup_steps']}, beta2 "
                      f"{rec['beta2']}; B_simple {rec['b_simple']:.3g} at its last point; plateau {rec['plateau']}; "
                      f"noise series (step, B_simple): {', '.join(f'({a}, {b:.3g})' for a, b in rec['series'])}.")
+    for name, t in data["tasks"].items():
+        tried = t["recommend"].get("sweep_batches") or []
+        if len(tried) > 1:
+            scores = "; ".join(f"{b['batch']} at lr {b['learning_rate']:.3g}, {b['steps']} steps: {b['loss']:.4g} / "
+                               f"{b['late_loss']:.4g}" for b in tried)
+            lines.append(f"- {name}: the sweep's batches for the same counted time (the plateau rule's first; mean "
+                         f"loss of the second half from initialisation, from {tried[0]['start_loss']:.4g} / from the "
+                         f"probe's last weights, from {tried[0]['hold_loss']:.4g}): {scores}; batch "
+                         f"{t['recommend']['batch']} by the {t['recommend']['batch_source']}.")
     return "\n".join(lines)
 
 
