@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 RESULTS = REPO / "benchmarks" / "results"
 DOC = DOCS / "benchmarks.md"
+# The console script beside the interpreter that runs the benchmark (its venv's), not whichever one PATH finds.
+BSADVISOR = str(Path(sys.executable).with_name("bsadvisor"))
 
 MODELS = {
     "mlp_unicode": REPO / "examples" / "mlp_unicode.py",
@@ -122,11 +124,24 @@ def device_batch(spec: ModelSpec, size: int):
     return to_device(host_batch(spec, size))
 
 
+def shown(command: list[str]) -> str:
+    """A bsadvisor command as a user types it (the console script by name, not its path)."""
+    return " ".join(["bsadvisor", *command[1:]])
+
+
 def load(path: str | Path) -> ModelSpec:
     """The model file as bsadvisor loads it; its data set is built now, outside any budget."""
     spec = load_spec(path)
     spec.make_batch(2)
     return spec
+
+
+def validation_batch(spec: ModelSpec, size: int):
+    """The model file's `validation_batch(size)`, an extra beside the contract, called as bsadvisor calls the
+    file (inside its scope). Found through the file's own functions: the loaded module is not left in
+    sys.modules."""
+    with spec.scope():
+        return spec.build_model.__globals__["validation_batch"](size)
 
 
 class StepCounter:

@@ -89,12 +89,12 @@ def run_bsadvisor(spec, noise_batch: int, snapshots: int, seed: int) -> dict:
 
 
 def run_cli(path: Path, noise_batch: int, snapshots: int, seed: int) -> dict:
-    cmd = ["bsadvisor", "noise", str(path.relative_to(common.REPO)), "--device", "cpu",
+    cmd = [common.BSADVISOR, "noise", str(path.relative_to(common.REPO)), "--device", "cpu",
            "--batch-size", str(noise_batch), "--snapshots", str(snapshots), "--seed", str(seed), "--json"]
     with common.stopwatch() as took:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)
     doc = json.loads(out.stdout)["noise"]
-    return {"command": " ".join(cmd), "b_simple": doc["b_simple"], "wall_seconds": took()}
+    return {"command": common.shown(cmd), "b_simple": doc["b_simple"], "wall_seconds": took()}
 
 
 # ---- the references ------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--model", default="examples/mlp_unicode.py")
     args = parser.parse_args()
+    if args.runs < 4:
+        parser.error("--runs: at least 4 (the trend is a slope over each half of the runs)")
     command = ["recommend", args.model, "--device", "cpu", "--memory", "256MiB", "--max-step-seconds", "0.2", "--json"]
     runner, trend = CliRunner(), []
     print(f"bsadvisor {' '.join(command)}, {args.runs} times in one process")

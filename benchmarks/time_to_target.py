@@ -59,12 +59,12 @@ CAP = 4.0  # a run stops at this many times the base setting's examples to targe
 
 
 def recommend(path: Path, extra: list[str]) -> dict:
-    cmd = ["bsadvisor", "recommend", str(path.relative_to(common.REPO)), "--device", "cpu", "--json", *extra]
+    cmd = [common.BSADVISOR, "recommend", str(path.relative_to(common.REPO)), "--device", "cpu", "--json", *extra]
     with common.stopwatch() as took:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)
     doc = json.loads(out.stdout)
     r = doc["recommendation"]
-    return {"command": " ".join(cmd), "seconds": took(), "batch": r["batch_size"], "micro_batch": r["micro_batch"],
+    return {"command": common.shown(cmd), "seconds": took(), "batch": r["batch_size"], "micro_batch": r["micro_batch"],
             "accumulation_steps": r["accumulation_steps"], "lr": r["learning_rate"], "warmup_steps": r["warmup_steps"],
             "beta2": r.get("beta2"), "rule_lr": r.get("rule_learning_rate"), "lr_source": r.get("lr_source"),
             "b_simple": doc["noise"]["b_simple"], "series": [(p["step"], p["b_simple"]) for p in doc["noise"]["series"]],
@@ -180,9 +180,8 @@ def rerun_advice(name: str, cfg: dict, saved: dict) -> dict:
     """bsadvisor's settings again (after a change to bsadvisor), against the saved base, Lightning and grid:
     those do not depend on bsadvisor's code."""
     spec = common.load(cfg["file"])
-    module = sys.modules[spec.build_model.__module__]
     torch.manual_seed(1234)
-    val = module.validation_batch(VAL_EXAMPLES)
+    val = common.validation_batch(spec, VAL_EXAMPLES)
     clock, target = Clock(spec), saved["target"]
     settings = {k: _recounted(s, clock) for k, s in saved["settings"].items() if not k.startswith("(a")}
     rec = recommend(cfg["file"], ["--target-loss", str(target)])
@@ -220,9 +219,8 @@ def _advice_settings(rec: dict) -> dict:
 
 def run_task(name: str, cfg: dict, quick: bool) -> dict:
     spec = common.load(cfg["file"])
-    module = sys.modules[spec.build_model.__module__]
     torch.manual_seed(1234)
-    val = module.validation_batch(VAL_EXAMPLES // (4 if quick else 1))
+    val = common.validation_batch(spec, VAL_EXAMPLES // (4 if quick else 1))
     base_batch = spec.base_batch_size
     base_lr = spec.optimizer(spec.model()).param_groups[0]["lr"]
     clock = Clock(spec)
