@@ -46,6 +46,7 @@ class Settings:
     collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT
     plan_gpus: int | None = None  # predict the step on this many GPUs from the profile's interconnect
     shard: int | None = None  # the peak on one GPU of N under full sharding (with a profile)
+    zero_stage: int = 3  # with shard: 3 shards parameters too (FSDP's full sharding), 2 gradients and optimizer
     attention: str | None = None  # the kernel the profiled GPU runs (else the profile's, else auto)
 
     def to_dict(self) -> dict:
@@ -80,7 +81,7 @@ def make_settings(memory: str | int | None = None, margin: float = 0.1, base_bat
                   max_step_seconds: float = 1.0, seed: int = 0, profile: str | dict | None = None,
                   step_timeout: float = DEFAULT_STEP_TIMEOUT, collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT,
                   plan_gpus: int | None = None, check_batch: int | None = None, min_max_batch: int | None = None,
-                  shard: int | None = None, attention: str | None = None,
+                  shard: int | None = None, zero_stage: int = 3, attention: str | None = None,
                   named: Callable[[str], str] = flag_name) -> Settings:
     """The options, checked: each problem is a BadInput naming the option (as `named` spells it), the value
     and what is expected. `memory`: bytes, or a size as text ("512MiB"); `noise_budget`: "30s", "400steps",
@@ -92,14 +93,15 @@ def make_settings(memory: str | int | None = None, margin: float = 0.1, base_bat
     if plan_gpus is not None and profile is None:
         raise BadInput(f"{named('plan_gpus')} needs {named('profile')}: the interconnect's bandwidth and latency "
                        "come from it")
-    _check_shard(named, shard, attention, profile)
+    _check_shard(named, shard, zero_stage, attention, profile)
     return Settings(
         memory_bytes=_memory_bytes(named, memory), margin=margin, base_batch=base_batch, base_lr=base_lr,
         noise_warmup_steps=noise_warmup_steps, noise_batch=noise_batch, noise_snapshots=noise_snapshots,
         noise_budget=_noise_budget(named, noise_budget), lr_sweep=lr_sweep, target_loss=target_loss,
         batch_sizes=_batch_list(named, batch_sizes) if batch_sizes is not None else None,
         max_step_seconds=max_step_seconds, seed=seed, step_timeout=step_timeout, profile=_profile(profile),
-        collective_timeout=collective_timeout, plan_gpus=plan_gpus, shard=shard, attention=attention)
+        collective_timeout=collective_timeout, plan_gpus=plan_gpus, shard=shard, zero_stage=zero_stage,
+        attention=attention)
 
 
 def _check_numbers(named: Callable[[str], str], **values) -> None:
@@ -157,8 +159,10 @@ def _check_seconds(named: Callable[[str], str], values: dict) -> None:
                            f"got {value}")
 
 
-def _check_shard(named: Callable[[str], str], shard: int | None, attention: str | None, profile) -> None:
-    """shard: 2 to 4096 GPUs, with a profile (the GPUs it shards over); attention: a kernel's name."""
+def _check_shard(named: Callable[[str], str], shard: int | None, zero_stage: int, attention: str | None,
+                 profile) -> None:
+    """shard: 2 to 4096 GPUs, with a profile (the GPUs it shards over); zero_stage 2 or 3, with shard;
+    attention: a kernel's name."""
     from advisor.memory.attention import BACKENDS
     from advisor.memory.shard import MAX_SHARD
 
@@ -168,6 +172,11 @@ def _check_shard(named: Callable[[str], str], shard: int | None, attention: str 
         if profile is None:
             raise BadInput(f"{named('shard')} needs {named('profile')}: it traces one GPU of N as the profiled "
                            "device runs it")
+    if zero_stage not in (2, 3) or isinstance(zero_stage, bool):
+        raise BadInput(f"{named('zero_stage')} must be 2 (gradients and optimizer state sharded) or 3 (parameters "
+                       f"too), got {_shown(zero_stage)}")
+    if zero_stage != 3 and shard is None:
+        raise BadInput(f"{named('zero_stage')} needs {named('shard')}: it says how the N GPUs shard the step")
     if attention is not None:
         if attention not in BACKENDS:
             raise BadInput(f"{named('attention')} {str(attention)[:40]!r}: expected one of {', '.join(BACKENDS)}")

@@ -7,7 +7,8 @@
 1. `bsadvisor check MODEL --profile h100-sxm-80gb --batch-size 1 --json`, each in its own process under
    `/usr/bin/time -v` (wall time and peak resident memory of the whole command, interpreter start included),
    with the load average beside it: TinyLlama-1.1B and Llama-3-8B (full fine-tune, AdamW, bf16, 2048
-   tokens), Llama-3-8B with LoRA, Llama-3-8B with `--shard 8`, Llama-3-8B with gradient checkpointing (with
+   tokens), Llama-3-8B with LoRA, Llama-3-8B with `--shard 8` (ZeRO-3, and `--zero-stage 2`), Llama-3-8B
+   with gradient checkpointing (with
    and without `--shard 8`), the LoRA set-up torchtune publishes a peak for, and, where `transformers` is
    installed, transformers' own LlamaForCausalLM built from a Llama-3-8B config and GPT-2 small against
    a100-sxm-40gb (no download).
@@ -53,6 +54,7 @@ CHECKS = [  # (label, model file, extra flags); batch 1 unless --batch-size is a
     ("Llama-3-8B, full fine-tune", "llama3_8b.py", []),
     ("Llama-3-8B, LoRA r16 on q,k,v,o", "llama3_8b_lora.py", []),
     ("Llama-3-8B, full fine-tune, --shard 8", "llama3_8b.py", ["--shard", "8"]),
+    ("Llama-3-8B, full fine-tune, --shard 8 --zero-stage 2", "llama3_8b.py", ["--shard", "8", "--zero-stage", "2"]),
     ("Llama-3-8B, full, gradient checkpointing", "llama3_8b_checkpointed.py", []),
     ("Llama-3-8B, full, gradient checkpointing, --shard 8", "llama3_8b_checkpointed.py", ["--shard", "8"]),
     ("Llama-3-8B (transformers LlamaForCausalLM), full fine-tune", "llama3_8b_hf.py", []),
@@ -240,6 +242,14 @@ def markdown(data: dict) -> str:
                   f"parameter): {gib(states)}. Unsharded peak {gib(full['doc']['peak_bytes'])}; with `--shard 8` "
                   f"{gib(shard['doc']['peak_bytes'])} on one GPU: {gib(drop)} less, against 7/8 of the model states, "
                   f"{gib(states * 7 / 8)}."]
+    zero2 = by_label.get("Llama-3-8B, full fine-tune, --shard 8 --zero-stage 2")
+    if full and zero2:
+        import llama
+
+        weights = 2 * llama.parameter_count(llama.LLAMA3_8B)
+        lines += ["", f"With `--zero-stage 2` (parameters whole, gradients and optimizer state sharded): "
+                  f"{gib(zero2['doc']['peak_bytes'])} on one GPU of 8, {gib(zero2['doc']['peak_bytes'] - shard['doc']['peak_bytes'])} "
+                  f"above ZeRO-3, against 7/8 of the bf16 weights, {gib(weights * 7 / 8)}."]
     lines += ["", "Tracing cost (fake-built, CPU kernels, one traced step; load average beside):", ""]
     lines.append(common.table(
         ["model", "layers", "parameters", "batch", "operators", "seconds", "µs / operator", "load"],

@@ -129,6 +129,8 @@ def test_failures_are_exceptions_naming_the_keyword(write_model):
         advisor.noise(path, batch_size=1)
     with pytest.raises(BadInput, match="plan_gpus needs profile"):
         advisor.recommend(path, plan_gpus=8)
+    with pytest.raises(BadInput, match="^zero_stage needs shard"):
+        advisor.check(path, profile="t4-16gb", batch_size=2, zero_stage=2)
     if not torch.cuda.is_available():
         with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
             advisor.max_batch(path, device="cuda")

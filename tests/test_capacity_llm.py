@@ -219,6 +219,28 @@ def test_shard_traces_one_gpu_of_n_under_fsdp2(write_model):
     assert any(t["name"] == "nccl_buffers" for t in doc["terms"])
 
 
+def test_zero_stage_2_keeps_each_layers_parameters_gathered_between_its_forward_and_backward(write_model):
+    path = write_model(BLOCKS)
+    spec = load_spec(path)
+    unit = (128 * 512 * 2 + 512 + 128) * 4
+    root = (256 * 128 * 2 + 256) * 4
+    n = 4
+    try:
+        peaks = {stage: StepTracer(spec, build_fake=True, batch_on_host=False,
+                                   prepare=fully_sharded(n, reshard_after_forward=stage == 3)).peak(2)
+                 for stage in (3, 2)}
+        unsharded = StepTracer(spec, build_fake=True, batch_on_host=False).peak(2)
+    finally:
+        release()
+    assert peaks[3] < peaks[2] < unsharded
+    # more than one layer's parameters gathered at once, at most every layer's and the root's
+    assert (1 - 1 / n) * unit <= peaks[2] - peaks[3] <= (1 - 1 / n) * (4 * unit + root)
+
+    result, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "2", "--shard", n, "--zero-stage", 2)
+    assert result.exit_code == 0, result.output
+    assert doc["zero_stage"] == 2 and "ZeRO-2" in doc["method"] and doc["traced_peak_bytes"] == peaks[2]
+
+
 def test_where_fsdp2_cannot_shard_the_model_the_estimate_is_arithmetic_and_says_so(write_model, monkeypatch):
     import torch.distributed.fsdp as fsdp
 
@@ -235,6 +257,10 @@ def test_where_fsdp2_cannot_shard_the_model_the_estimate_is_arithmetic_and_says_
     params = list(load_spec(path).model().parameters())
     states = 4 * 4 * sum(p.numel() for p in params) + 4 * len(params)  # float32 AdamW: moments and a step count each
     assert term["bytes"] == -round(states * 3 / 4)  # the unsharded trace, less 3/4 of the model states
+    result, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "2", "--shard", "4", "--zero-stage", "2")
+    term = next(t for t in doc["terms"] if t["name"] == "sharded_model_states")
+    parameter_bytes = 4 * sum(p.numel() for p in params)
+    assert term["bytes"] == -round((states - parameter_bytes) * 3 / 4)  # ZeRO-2: the parameters stay whole
     # max-batch takes --shard the same way (and recommend, whose memory limit is max-batch's)
     result = CliRunner().invoke(app, ["max-batch", str(path), "--profile", "a100-sxm-40gb", "--shard", "4", "--json"])
     assert result.exit_code == 0, result.output
@@ -245,7 +271,9 @@ def test_shard_needs_a_profile_and_two_or_more_gpus(write_model):
     path = write_model(BLOCKS)
     for args, fragment in ((["--profile", "t4-16gb", "--shard", "1"], "--shard"),
                            (["--profile", "t4-16gb", "--shard", "0"], "--shard"),
-                           (["--profile", "t4-16gb", "--attention", "fast"], "--attention")):
+                           (["--profile", "t4-16gb", "--attention", "fast"], "--attention"),
+                           (["--profile", "t4-16gb", "--shard", "4", "--zero-stage", "1"], "--zero-stage"),
+                           (["--profile", "t4-16gb", "--zero-stage", "2"], "--zero-stage")):
         result = CliRunner().invoke(app, ["check", str(path), "--batch-size", "2", *args])
         assert result.exit_code == 2 and fragment in result.stderr and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["max-batch", str(path), "--device", "cpu", "--shard", "4"])

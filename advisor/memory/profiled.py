@@ -8,7 +8,8 @@ megabytes. The step is traced as the device runs it:
 - attention through the kernel that GPU picks (advisor/memory/attention.py);
 - the optimizer's foreach implementation where the file leaves `foreach` unset, as torch picks on CUDA
   (torch.optim.optimizer._default_to_fused_or_foreach; on the CPU it loops tensor by tensor);
-- with `shard`, one rank of N under FSDP2 (advisor/memory/shard.py);
+- with `shard`, one rank of N under FSDP2 (advisor/memory/shard.py): ZeRO-3 (full sharding), or ZeRO-2
+  (`zero_stage=2`: each layer's parameters stay gathered from its forward to its backward);
 - the CUDA terms the trace cannot see: the allocator's rounding, the cuBLAS workspace, NCCL's buffers
   (advisor/memory/cuda_overheads.py).
 
@@ -36,6 +37,11 @@ from advisor.spec import ModelSpec, check_contract, one_line
 from advisor.units import format_bytes
 
 
+# What `zero_stage` shards over the N GPUs, as the method and the arithmetic fallback say it
+_STAGES = {3: "full sharding as ZeRO-3", 2: "gradients and optimizer state sharded, parameters gathered from each "
+           "layer's forward to its backward, as ZeRO-2 / SHARD_GRAD_OP (reshard_after_forward=False)"}
+_SHARDED = {3: "parameter, gradient and optimizer-state", 2: "gradient and optimizer-state"}
+
 @dataclass
 class ProfiledStep:
     """`peak(batch)`: the step's estimated peak on the profiled device; `terms(batch)`: what it is made of."""
@@ -48,6 +54,7 @@ class ProfiledStep:
     shard: int | None
     shard_method: str | None
     notes: list[str] = field(default_factory=list)
+    zero_stage: int = 3
     fake = True
     _terms: dict[int, list[Term]] = field(default_factory=dict)
 
@@ -63,9 +70,10 @@ class ProfiledStep:
                 found.append(Term("allocator_rounding", rounded - traced, "estimated: every traced allocation "
                                   "rounded up to 512 bytes, as CUDA's caching allocator does"))
             if self.shard and self.shard_method and "arithmetically" in self.shard_method:
-                found.append(Term("sharded_model_states", -round(model_state_bytes(self.tracer) * (1 - 1 / self.shard)),
-                                  f"estimated arithmetically: (N-1)/N of the parameter, gradient and optimizer-state "
-                                  f"bytes, N = {self.shard}; the gathered layers and NCCL's buffers beside them"))
+                sharded = model_state_bytes(self.tracer, parameters=self.zero_stage == 3)
+                found.append(Term("sharded_model_states", -round(sharded * (1 - 1 / self.shard)),
+                                  f"estimated arithmetically: (N-1)/N of the {_SHARDED[self.zero_stage]} bytes, "
+                                  f"N = {self.shard}; the gathered layers and NCCL's buffers beside them"))
             gap = self.fidelity.gap(batch)
             if gap:
                 found.append(Term("fidelity_correction", gap, "measured: real CPU steps held more than the fake "
@@ -89,7 +97,7 @@ class ProfiledStep:
 
 
 def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int | None = None,
-                      attention: str | None = None) -> ProfiledStep:
+                      attention: str | None = None, zero_stage: int = 3) -> ProfiledStep:
     cuda = profile.get("device_type") == "cuda"
     backend = attention or profile.get("attention_backend") or "auto"
     if backend not in BACKENDS:
@@ -98,9 +106,8 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
     notes: list[str] = []
     prepare, shard_method = None, None
     if shard:
-        prepare = sharding.fully_sharded(shard)
-        shard_method = (f"one rank of {shard} under FSDP2 (fully_shard, full sharding as ZeRO-3) on a fake "
-                        "process group")
+        prepare = sharding.fully_sharded(shard, reshard_after_forward=zero_stage == 3)
+        shard_method = f"one rank of {shard} under FSDP2 (fully_shard, {_STAGES[zero_stage]}) on a fake process group"
     build = dict(seed=seed, batch_on_host=False, prepare=prepare, configure=as_on_cuda if cuda else None,
                  around_step=(lambda: _fresh(gpu_attention)) if gpu_attention else None)
     try:
@@ -112,10 +119,10 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
             raise
         notes.append(f"FSDP2 could not trace this model sharded ({type(exc).__name__}: {one_line(exc, 160)}): "
                      "the peak on one GPU is an arithmetic estimate, the unsharded trace less (N-1)/N of the "
-                     "parameter, gradient and optimizer-state bytes")
+                     f"{_SHARDED[zero_stage]} bytes")
         build["prepare"] = None
         tracer, smallest, built_fake = _fake_built(spec, build, notes)
-        shard_method = f"one rank of {shard}: estimated arithmetically from the unsharded trace"
+        shard_method = f"one rank of {shard} ({_STAGES[zero_stage]}): estimated arithmetically from the unsharded trace"
     # where affordable, the thorough contract check too: finite loss, gradients that are not all zero. The
     # tracer itself is compared where it ran the CPU's own kernels (no GPU attention, no sharding)
     same_kernels = tracer.prepare is None and not (gpu_attention is not None and gpu_attention.used)
@@ -133,7 +140,7 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
     if tracer.tracker.stand_ins:
         notes.append("the step reads values from tensors (.item(): an optimizer's step count?), which a fake trace "
                      "does not have: 1 stood in for each")
-    step = ProfiledStep(tracer, profile, smallest, fidelity, gpu_attention, shard, shard_method, notes)
+    step = ProfiledStep(tracer, profile, smallest, fidelity, gpu_attention, shard, shard_method, notes, zero_stage)
     if gpu_attention is not None and gpu_attention.used:
         notes.append(f"attention traced as {profile['name']} would run it: {gpu_attention.describe()} "
                      f"({'--attention or the profile' if backend != 'auto' else 'chosen by compute capability, dtype and head size'})")
@@ -201,13 +208,15 @@ def _parameter_bytes(spec: ModelSpec) -> int | None:
         return None
 
 
-def model_state_bytes(tracer: StepTracer) -> int:
-    """Parameters, the gradients of the trained ones, and the optimizer's state, as the trace holds them."""
+def model_state_bytes(tracer: StepTracer, parameters: bool = True) -> int:
+    """The gradients of the trained parameters and the optimizer's state, as the trace holds them, and the
+    parameters themselves unless `parameters` is False."""
     from advisor.memory.trace import optimizer_state
 
     params = list(tracer.model.parameters())
-    sizes = [t.numel() * t.element_size() for t in (*params, *optimizer_state(tracer.opt))]
-    return sum(sizes) + sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    states = sum(t.numel() * t.element_size() for t in optimizer_state(tracer.opt))
+    grads = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    return states + grads + (sum(p.numel() * p.element_size() for p in params) if parameters else 0)
 
 
 def as_on_cuda(opt: torch.optim.Optimizer) -> None:
