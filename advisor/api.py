@@ -33,6 +33,10 @@ from advisor.settings import Settings, keyword_name, make_settings
 from advisor.spec import ModelSpec, load_spec
 from advisor.watchdog import DEFAULT_COLLECTIVE_TIMEOUT, DEFAULT_STEP_TIMEOUT
 
+# The probes whose figures are times (or are budgeted in seconds): they run with fewer CPU threads beside load.
+# The largest batch is traced, not timed: it keeps the caller's threads and says nothing of the load.
+TIMED_PROBES = ("throughput", "noise", "recommendation")
+
 Model = Any  # a function that builds the model, a torch.nn.Module, a loaded model file (load()) or its path
 Batch = Any  # a function of the batch size, a DataLoader, or an iterable of batches; None for a model file
 
@@ -121,7 +125,7 @@ def run(model: str | os.PathLike | ModelSpec, settings: Settings, probe: str, de
         resolve_rank_device(device, distributed.local_rank()) if distributed.in_job() else resolve_device(device))
     with watchdog.watching(settings.step_timeout), backend.preserving_rng(), \
             distributed.process_group(backend, settings.collective_timeout), \
-            backend.probing_threads(adjustable=not distributed.in_job()) as note:
+            backend.probing_threads(adjustable=not distributed.in_job() and probe in TIMED_PROBES) as note:
         try:
             spec = model if isinstance(model, ModelSpec) else load_spec(model)
             advisor = Advisor(spec, backend, settings, progress or no_progress,

@@ -7,7 +7,8 @@ import torch
 
 import advisor
 from advisor.devices import rank_limit, resolve_device
-from advisor.devices.cpu import CpuBackend
+from advisor.devices import cpu
+from advisor.devices.cpu import CpuBackend, threads_beside_load
 from advisor.devices.mps import MPS_MEMORY_SOURCE, MpsBackend
 from advisor.errors import DeviceUnavailable
 from advisor.units import Budget
@@ -108,3 +109,44 @@ def test_the_pipeline_runs_through_the_mps_seam(fake_mps):
     assert report.memory.budget == Budget(15 * GiB, MPS_MEMORY_SOURCE) and report.memory.real_steps == 0
     report = advisor.throughput(model, batch, device=CpuStandIn(), batch_sizes=[2, 4], max_step_seconds=0.05)
     assert report.throughput.method.startswith("measured on MPS")
+
+
+@pytest.mark.parametrize("current,cores,load,expected", [
+    (2, 2, 0.4, 2),    # an idle machine keeps its threads
+    (2, 2, 0.6, 1),    # one core's worth of other work: a thread per core left free
+    (16, 16, 3.2, 13),
+    (2, 2, 5.0, 1),    # never fewer than one
+    (4, 8, 0.0, 4),    # never more than the caller had
+])
+def test_threads_beside_load_leave_the_busy_cores_alone(current, cores, load, expected):
+    assert threads_beside_load(current, cores, load) == expected
+
+
+@pytest.fixture
+def busy_machine(monkeypatch):
+    """Two cores, one busy with other work; the caller's two threads."""
+    monkeypatch.setattr(cpu.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(cpu.os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_busy_cpu_probes_with_fewer_threads_and_gives_them_back(busy_machine):
+    with CpuBackend().probing_threads() as note:
+        assert torch.get_num_threads() == 1 and "busy (load 1.0 on 2 cores)" in note
+    assert torch.get_num_threads() == 2
+    with CpuBackend().probing_threads(adjustable=False) as note:
+        assert note is None and torch.get_num_threads() == 2
+
+
+def test_only_the_timed_probes_change_threads_and_say_so(busy_machine, write_model):
+    from tests.models import MLP
+
+    path = str(write_model(MLP))
+    traced = advisor.max_batch(path, device="cpu", memory="4MiB")
+    timed = advisor.throughput(path, device="cpu", memory="4MiB", batch_sizes="2,4")
+    assert not any("busy" in n for n in traced.to_dict()["notes"])
+    assert any("busy" in n for n in timed.to_dict()["notes"])
+    assert torch.get_num_threads() == 2
