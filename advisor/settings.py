@@ -172,7 +172,7 @@ def _check_shard(named: Callable[[str], str], shard: int | None, zero_stage: int
         if profile is None:
             raise BadInput(f"{named('shard')} needs {named('profile')}: it traces one GPU of N as the profiled "
                            "device runs it")
-    if zero_stage not in (2, 3) or isinstance(zero_stage, bool):
+    if not (_is_int(zero_stage) and zero_stage in (2, 3)):
         raise BadInput(f"{named('zero_stage')} must be 2 (gradients and optimizer state sharded) or 3 (parameters "
                        f"too), got {_shown(zero_stage)}")
     if zero_stage != 3 and shard is None:

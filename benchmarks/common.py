@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 RESULTS = REPO / "benchmarks" / "results"
 DOC = DOCS / "benchmarks.md"
-# The console script beside the interpreter that runs the benchmark (its venv's), not whichever one PATH finds.
-BSADVISOR = str(Path(sys.executable).with_name("bsadvisor"))
+# bsadvisor as a command, run by the interpreter that runs the benchmark (its venv's), not whichever PATH finds.
+BSADVISOR = [sys.executable, "-m", "advisor"]
 
 MODELS = {
     "mlp_unicode": REPO / "examples" / "mlp_unicode.py",
@@ -125,8 +125,8 @@ def device_batch(spec: ModelSpec, size: int):
 
 
 def shown(command: list[str]) -> str:
-    """A bsadvisor command as a user types it (the console script by name, not its path)."""
-    return " ".join(["bsadvisor", *command[1:]])
+    """A bsadvisor command as a user types it (the console script, not the interpreter running the module)."""
+    return " ".join(["bsadvisor", *command[len(BSADVISOR):]])
 
 
 def load(path: str | Path) -> ModelSpec:

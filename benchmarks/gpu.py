@@ -87,10 +87,10 @@ def largest_batch(name: str, path: Path, device: str, budget: int | None) -> dic
 
 
 def recommend_gpt(device: str, flags: list[str]) -> dict:
-    command = [sys.executable, "-m", "advisor", "recommend", str(GPT), "--device", device, "--json", *flags]
+    command = [*common.BSADVISOR, "recommend", str(GPT), "--device", device, "--json", *flags]
     with common.stopwatch() as took:
         run = subprocess.run(command, capture_output=True, text=True, cwd=common.REPO, timeout=600)
-    result = {"command": " ".join(["bsadvisor", *command[3:]]), "exit_code": run.returncode, "seconds": took()}
+    result = {"command": common.shown(command), "exit_code": run.returncode, "seconds": took()}
     if run.returncode != 0:
         return result | {"stderr": run.stderr[-2000:]}
     doc = json.loads(run.stdout)
@@ -110,7 +110,7 @@ def beside_half_the_card() -> dict:
     try:
         if hog.stdout.readline().strip() != "ready":
             return {"error": "the process holding half the card did not start"}
-        command = [sys.executable, "-m", "advisor", "max-batch", str(GPT), "--device", "cuda", "--isolate", "--json"]
+        command = [*common.BSADVISOR, "max-batch", str(GPT), "--device", "cuda", "--isolate", "--json"]
         with common.stopwatch() as took:
             run = subprocess.run(command, capture_output=True, text=True, cwd=common.REPO, timeout=600)
     finally:

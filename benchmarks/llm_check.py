@@ -88,7 +88,7 @@ def run_check(model: str, flags: list[str]) -> dict:
     """One `bsadvisor check` process under /usr/bin/time -v: its JSON, wall time, peak RSS, load before/after."""
     batch = [] if "--batch-size" in flags else ["--batch-size", "1"]
     profile = [] if "--profile" in flags else ["--profile", PROFILE]
-    command = ["/usr/bin/time", "-v", common.BSADVISOR, "check", str(MODELS / model), *profile, *batch, *flags, "--json"]
+    command = ["/usr/bin/time", "-v", *common.BSADVISOR, "check", str(MODELS / model), *profile, *batch, *flags, "--json"]
     load_before = load_average()
     done = subprocess.run(command, capture_output=True, text=True, cwd=common.REPO)
     timing = done.stderr

@@ -218,12 +218,12 @@ def run_cli(path: Path, budget: int, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         profile = Path(folder) / f"{profile_doc()['name']}.json"
         profile.write_text(json.dumps(profile_doc()))
-        cmd = [common.BSADVISOR, "max-batch", str(path.relative_to(common.REPO)), "--profile", str(profile), "--memory",
+        cmd = [*common.BSADVISOR, "max-batch", str(path.relative_to(common.REPO)), "--profile", str(profile), "--memory",
                str(budget), "--margin", "0", "--seed", str(seed), "--json"]
         with common.stopwatch() as took:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)
     doc = json.loads(out.stdout)["memory"]
-    return {"command": common.shown(cmd[:-1] + ["--json"]), "max_batch": doc["max_batch"], "wall_seconds": took(),
+    return {"command": common.shown(cmd), "max_batch": doc["max_batch"], "wall_seconds": took(),
             "search_seconds": doc["seconds"], "traced": len(doc["traced"])}
 
 

@@ -89,7 +89,7 @@ def run_bsadvisor(spec, noise_batch: int, snapshots: int, seed: int) -> dict:
 
 
 def run_cli(path: Path, noise_batch: int, snapshots: int, seed: int) -> dict:
-    cmd = [common.BSADVISOR, "noise", str(path.relative_to(common.REPO)), "--device", "cpu",
+    cmd = [*common.BSADVISOR, "noise", str(path.relative_to(common.REPO)), "--device", "cpu",
            "--batch-size", str(noise_batch), "--snapshots", str(snapshots), "--seed", str(seed), "--json"]
     with common.stopwatch() as took:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)

@@ -59,7 +59,7 @@ CAP = 4.0  # a run stops at this many times the base setting's examples to targe
 
 
 def recommend(path: Path, extra: list[str]) -> dict:
-    cmd = [common.BSADVISOR, "recommend", str(path.relative_to(common.REPO)), "--device", "cpu", "--json", *extra]
+    cmd = [*common.BSADVISOR, "recommend", str(path.relative_to(common.REPO)), "--device", "cpu", "--json", *extra]
     with common.stopwatch() as took:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=common.REPO)
     doc = json.loads(out.stdout)
