@@ -232,3 +232,20 @@ def test_the_rate_is_the_vertex_of_a_flat_valley_and_an_edge_stays_an_edge():
     assert _best_rate(runs(3.0, 2.0, 1.0, 0.5, 0.4, diverged=(0.8,)))[0] == 0.4
     assert _best_rate(runs(1.0, 1.0, diverged=(0.1, 0.2))) is None
 
+
+
+def test_at_another_batch_a_tie_goes_to_the_calibrated_centre_and_only_a_tie():
+    from advisor.probes.sweep import SweepRun, _best_rate
+
+    def runs(*scores, rates=(0.1, 0.2, 0.4, 0.8, 1.6)):
+        return [SweepRun(r, s, 0.0, False) for r, s in zip(rates, scores)]
+
+    clean = runs(5.0, 2.0, 1.0, 2.0, 5.0)  # a parabola in log rate: no residual, no tie
+    assert _best_rate(clean, anchor=0.1)[0] == pytest.approx(0.4) == _best_rate(clean, anchor=1.6)[0]
+    nearly = runs(5.0, 2.02, 1.0, 1.98, 5.0)  # a little scatter: a little way toward the anchor
+    alone = _best_rate(nearly)[0]
+    assert 0.3 < _best_rate(nearly, anchor=0.1)[0] < alone < _best_rate(nearly, anchor=1.6)[0] < 0.5
+    scattered = runs(3.0, 1.3, 1.6, 1.0, 2.5)  # scatter as deep as the valley: the anchor decides
+    assert _best_rate(scattered, anchor=0.25)[0] == pytest.approx(0.25)
+    assert _best_rate(scattered, anchor=0.05)[0] == pytest.approx(0.2)  # never outside the runs' span
+    assert _best_rate(scattered)[1] == _best_rate(scattered, anchor=0.25)[1] == 1.0  # the score: the lowest run's

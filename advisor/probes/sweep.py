@@ -28,7 +28,9 @@ goes on past that end (half an octave a run, at most `EXTEND` more) while it imp
 lowest score among the runs stable both ways, never a rate above the smallest one that was unstable, at
 the vertex of the parabola fitted (in log rate) to that run and up to two neighbours each side when it
 has neighbours on both: the valley is often flat, and its lowest point hops from run to run where the
-fitted vertex does not.
+fitted vertex does not. At the plateau's other batches, rates the fit cannot tell from its vertex are a
+tie, settled toward their centre (the rule's rate as the first batch calibrated it): each of their
+valleys is measured on one stream of data, and its vertex scatters more than the calibration does.
 Each batch then runs its best rate once more, for the same counted time, from the noise probe's last
 weights. Progress is the fall of the loss from where the runs started (the fresh model's held-out loss,
 or the last weights'). The plateau rule's batch (the first) stays unless another made more progress by
@@ -125,7 +127,7 @@ def sweep(spec: ModelSpec, backend: Backend, model: torch.nn.Module, opt: torch.
     correction = trials[0].chosen / candidates[0].centre if trials[0].chosen else 1.0
     for other in candidates[1:]:
         shifted = Candidate(other.micro, other.accumulation, other.centre * correction, other.steps, other.beta2)
-        trials.append(_rates_at(runner, shifted, report))
+        trials.append(_rates_at(runner, shifted, report, anchor=shifted.centre))
     # where the run is headed too: each batch's best rate for the same counted time from the last weights
     trials = [replace(t, late_loss=runner.train_late(t.candidate, t.chosen)) if t.chosen is not None else t
               for t in trials]
@@ -146,7 +148,9 @@ def sweep(spec: ModelSpec, backend: Backend, model: torch.nn.Module, opt: torch.
                        beta2_late_loss)
 
 
-def _rates_at(runner: "_Runner", candidate: Candidate, progress) -> BatchTrial:
+def _rates_at(runner: "_Runner", candidate: Candidate, progress, anchor: float | None = None) -> BatchTrial:
+    """The runs at one batch and its best rate; with `anchor` (the plateau's other batches: their centre, the
+    rule's rate calibrated by the first batch's sweep), a tie is settled toward it (see `_best_rate`)."""
     runs: list[SweepRun] = []
     for factor in FACTORS:
         runs.append(runner.run(candidate, candidate.centre * factor))
@@ -160,18 +164,25 @@ def _rates_at(runner: "_Runner", candidate: Candidate, progress) -> BatchTrial:
             runs.append(runner.run(candidate, best.learning_rate * step))
             progress()
     runs.sort(key=lambda r: r.learning_rate)
-    chosen, loss = _best_rate(runs) or (None, math.inf)
+    chosen, loss = _best_rate(runs, anchor) or (None, math.inf)
     return BatchTrial(candidate, tuple(runs), chosen, loss)
 
 
-def _best_rate(runs: list[SweepRun]) -> tuple[float, float] | None:
+def _best_rate(runs: list[SweepRun], anchor: float | None = None) -> tuple[float, float] | None:
     """(rate, score): of the stable runs below the first unstable rate, the lowest score's, moved to the vertex
     of the parabola fitted (least squares, in log rate) to it and up to two neighbours on each side. The
     valley is often flat (on the MLP example 0.32 to 0.64 scored within 2% of each other, and the lowest
     point hopped between 0.32 and 0.45 from one run to the next), and one short run can land far off the
     curve (the GPT example at batch 6: 2.75 at 0.0021 between 2.60 and 2.56 either side, from a later
     escape from a plateau), so the fit uses as many points as the valley has. The score is the lowest
-    measured."""
+    measured.
+
+    With an `anchor`, the rates the fit cannot tell from its vertex (fitted score within one residual
+    standard deviation of the minimum) are a tie, settled by the rate of those nearest the anchor. At the
+    plateau's other batches one data stream's valley is as deep as its scatter: on the GPT example the
+    vertex at batch 6 or 7 came out anywhere from 0.00135 to 0.00232 over runs of one file, while the
+    first batch's rate, transferred by the rule, stayed within 1.2x, and the time to the target at batch
+    6 was the same from 0.0012 to 0.0024."""
     stable = [r for r in runs if not r.diverged]
     if not stable:
         return None
@@ -181,13 +192,14 @@ def _best_rate(runs: list[SweepRun]) -> tuple[float, float] | None:
     i = min(range(len(candidates)), key=lambda k: candidates[k].loss)
     window = candidates[max(0, i - 2):i + 3]
     if 0 < i < len(candidates) - 1:
-        return _vertex(window) or candidates[i].learning_rate, candidates[i].loss
+        return _vertex(window, anchor) or candidates[i].learning_rate, candidates[i].loss
     return candidates[i].learning_rate, candidates[i].loss
 
 
-def _vertex(window: list[SweepRun]) -> float | None:
+def _vertex(window: list[SweepRun], anchor: float | None = None) -> float | None:
     """The minimum of the least-squares parabola through the runs' scores against log rate, kept inside their
-    span; None when the fit does not open upwards (no minimum)."""
+    span; None when the fit does not open upwards (no minimum). With `anchor`, the point nearest it of
+    those whose fitted score is within the fit's residual standard deviation of that minimum."""
     xs, ys = [math.log(r.learning_rate) for r in window], [r.loss for r in window]
     mean = sum(xs) / len(xs)
     xs = [x - mean for x in xs]  # centred, for a well-conditioned fit
@@ -197,8 +209,13 @@ def _vertex(window: list[SweepRun]) -> float | None:
     solution = _solve3(matrix, rhs)
     if solution is None or solution[2] <= 0:
         return None
-    _, b, a = solution
-    return math.exp(min(max(-b / (2 * a), xs[0]), xs[-1]) + mean)
+    c, b, a = solution
+    best = -b / (2 * a)
+    if anchor is not None and len(xs) > 3:
+        residual = math.sqrt(sum((y - (c + b * x + a * x * x)) ** 2 for x, y in zip(xs, ys)) / (len(xs) - 3))
+        reach = math.sqrt(residual / a)  # where the parabola rises one residual above its minimum
+        best = min(max(math.log(anchor) - mean, best - reach), best + reach)
+    return math.exp(min(max(best, xs[0]), xs[-1]) + mean)
 
 
 def _solve3(matrix: list[list[float]], rhs: list[float]) -> list[float] | None:
