@@ -23,7 +23,7 @@ from advisor.memory.fidelity import Corrected, hold_to_real_steps
 from advisor.memory.profiled import guard_host_budget, trace_for_profile
 from advisor.memory.trace import StepTracer
 from advisor.probes.max_batch import MemoryResult, find_max_batch
-from advisor.probes.noise import NoiseBudget, NoiseResult, TrainedRun, measure_noise, series_steps
+from advisor.probes.noise import NoiseBudget, NoiseResult, TrainedRun, measure_noise, planned_steps, series_steps
 from advisor.probes.real_steps import RealSteps
 from advisor.probes.sweep import TYPICAL_RUNS, Candidate, SweepResult, sweep
 from advisor.probes.throughput import ThroughputResult, geometric_batches, measure_throughput, not_rising
@@ -252,21 +252,17 @@ class Advisor:
 
     def _noise_budget(self, train_batch: int, micro: int, micro_batches: int) -> NoiseBudget:
         """A budget in seconds becomes one in steps, planned from the throughput probe's step times when they
-        are known: the series' length then does not move with the machine's load (the minimum step times
-        hardly do), so neither does the noise scale the advice uses."""
+        are known: the series' length then moves with the machine's load only as the minimum step times do
+        (little), and so does the noise scale the advice uses."""
         budget = self.settings.noise_budget
         if budget.seconds is None or self._fit is None:
             return budget
         fit, snapshots = self._fit, self.settings.noise_snapshots
         step_seconds = fit.seconds(train_batch) + self._data_seconds(train_batch)
         snapshot = micro_batches * fit.seconds(micro) + self._data_seconds(micro * micro_batches)
-        planned = series_steps(self.settings.noise_warmup_steps)[:1]
-        for step in series_steps(self.settings.noise_warmup_steps)[1:]:
-            cost = step * step_seconds + (len(planned) + 1) * snapshots * snapshot
-            if cost > budget.seconds:
-                break
-            planned.append(step)
-        return NoiseBudget(seconds=None, steps=planned[-1], planned_from=budget.seconds)
+        last = planned_steps(series_steps(self.settings.noise_warmup_steps), budget.seconds, step_seconds,
+                             snapshots * snapshot)
+        return NoiseBudget(seconds=None, steps=last, planned_from=budget.seconds)
 
     # --------------------------------------------------------------------------------- recommendation
 

@@ -249,3 +249,18 @@ def test_at_another_batch_a_tie_goes_to_the_calibrated_centre_and_only_a_tie():
     assert _best_rate(scattered, anchor=0.25)[0] == pytest.approx(0.25)
     assert _best_rate(scattered, anchor=0.05)[0] == pytest.approx(0.2)  # never outside the runs' span
     assert _best_rate(scattered)[1] == _best_rate(scattered, anchor=0.25)[1] == 1.0  # the score: the lowest run's
+
+
+def test_a_budget_in_steps_ends_the_series_where_it_says_and_its_plan_moves_smoothly():
+    from advisor.probes.noise import planned_steps, series_steps, steps_within
+
+    lattice = series_steps(10)  # 10, 20, 40, 80, 160, 320, ...
+    assert steps_within(lattice, 300, snapshots=16) == [10, 20, 40, 80, 160, 300]
+    assert steps_within(lattice, 160, snapshots=16) == [10, 20, 40, 80, 160]
+    assert steps_within(lattice, 170, snapshots=16) == [10, 20, 40, 80, 160]  # its snapshots reach 176 already
+    assert steps_within(lattice, 5, snapshots=16) == [10]
+    # the GPT example under load: 160 steps took about 21 s, 320 about 28 s, against a 30 s budget
+    plans = [planned_steps(lattice, 30.0, step_seconds, 2.0) for step_seconds in (0.0760, 0.0790, 0.0820)]
+    assert plans[0] > plans[1] > plans[2] > 160                       # more time a step, fewer steps ...
+    assert plans[0] / plans[2] < 1.1                                  # ... by about as much (4% here)
+    assert planned_steps(lattice, 30.0, 10.0, 2.0) == 10                # not even one step more: the first point

@@ -4,7 +4,8 @@ The noise scale grows as the loss falls (McCandlish et al. 2018; Merrill et al. 
 after ten steps describes the start of training, not the run. The probe trains the user's own setting
 (the base batch, the optimizer as given) and measures at steps spaced geometrically, 10, 20, 40, ...
 (the first at `--noise-warmup-steps`), until the probe's budget (seconds or training steps) would be
-passed by the next point. At each point, `snapshots` times: draw B = k·b examples, take the k
+passed by the next point; a budget in steps (one in seconds is planned as one by the measured step
+times) puts the last point where it ends. At each point, `snapshots` times: draw B = k·b examples, take the k
 micro-batch gradients without moving the weights, record s̄ and S, then train one step on the first
 micro-batch's gradient (a step of the base setting when the noise batch is 8 base batches), so the next
 snapshot sees new weights and the run stays the base setting's.
@@ -102,6 +103,32 @@ def series_steps(first: int) -> list[int]:
     return steps
 
 
+def planned_steps(lattice: list[int], seconds: float, step_seconds: float, point_seconds: float) -> int:
+    """The training steps a budget of `seconds` affords: the series' doubling points while they fit (each
+    point's snapshots cost `point_seconds`), then one more point as far as what is left reaches. The end
+    then moves with the step times by as little as they move, where the doubling below it jumped."""
+    planned = lattice[:1]
+    for step in lattice[1:]:
+        if step * step_seconds + (len(planned) + 1) * point_seconds > seconds:
+            break
+        planned.append(step)
+    reach = int((seconds - (len(planned) + 1) * point_seconds) / step_seconds) if step_seconds > 0 else 0
+    return max(planned[-1], min(reach, lattice[-1]))
+
+
+def steps_within(steps: list[int], budget: int, snapshots: int) -> list[int]:
+    """The series' points for a budget of `budget` training steps: the doubling steps below it, then the
+    budget itself, where the run ends, unless the last point's snapshots (a step each) already reach it
+    (only the first point when that is at or past it). The end
+    is where the budget says, not the doubling below it: planned from step times, a budget that moved by a
+    few per cent with the machine's load otherwise moved the run's end, and the advice with it, by half
+    (the GPT example under load ended at step 160 or 320 from one run to the next)."""
+    below = [s for s in steps if s < budget]
+    if not below or len(below) == len(steps) or below[-1] + snapshots >= budget:
+        return below or steps[:1]
+    return below + [budget]
+
+
 def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batches: int = 8,
                   snapshots: int = 16, warmup_steps: int = 10, warmup_batch: int = 32, seed: int = 0,
                   budget: NoiseBudget = NoiseBudget(), progress=lambda done, total: None,
@@ -125,7 +152,7 @@ def measure_noise(spec: ModelSpec, backend: Backend, batch_size: int, micro_batc
     params = [p for p in model.parameters() if p.requires_grad]
     steps = series_steps(warmup_steps)
     if budget.steps is not None:
-        steps = [s for s in steps if s <= budget.steps] or steps[:1]
+        steps = steps_within(steps, budget.steps, snapshots)
     series, step, examples = [], 0, 0
     stopped = f"its last point (step {steps[-1]})" if budget.steps is None else f"the probe's budget ({budget.describe()})"
     step_seconds = snapshot_seconds = 0.0
