@@ -126,6 +126,8 @@ def test_threads_beside_load_leave_the_busy_cores_alone(current, cores, load, ex
 def busy_machine(monkeypatch):
     """Two cores, one busy with other work; the caller's two threads."""
     monkeypatch.setattr(cpu.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(cpu, "busy_cores", lambda seconds: 0.0)  # the load average decides
+    monkeypatch.setattr(cpu, "_busy", (-float("inf"), None))
     monkeypatch.setattr(cpu.os, "cpu_count", lambda: 2)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -150,3 +152,49 @@ def test_only_the_timed_probes_change_threads_and_say_so(busy_machine, write_mod
     assert not any("busy" in n for n in traced.to_dict()["notes"])
     assert any("busy" in n for n in timed.to_dict()["notes"])
     assert torch.get_num_threads() == 2
+
+
+def test_a_job_the_load_average_has_not_caught_up_with_still_keeps_its_core(monkeypatch):
+    monkeypatch.setattr(cpu.os, "getloadavg", lambda: (0.3, 0.3, 0.3))  # a job started seconds ago
+    monkeypatch.setattr(cpu, "busy_cores", lambda seconds: 1.0)        # ... and keeping a core busy
+    monkeypatch.setattr(cpu, "_busy", (-float("inf"), None))
+    assert cpu.other_load() == 1.0
+    monkeypatch.setattr(cpu, "busy_cores", lambda seconds: None)       # no /proc/stat: the load average
+    monkeypatch.setattr(cpu, "_busy", (-float("inf"), None))
+    assert cpu.other_load() == 0.3
+
+
+def test_busy_cores_counts_other_processes_and_not_this_one():
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from advisor.hardware.host import busy_cores
+
+    baseline = busy_cores(0.3)
+    if baseline is None or baseline > (os.cpu_count() or 1) - 1:
+        pytest.skip("no /proc/stat, or no free core to see another process on")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        with_hog = busy_cores(0.3)
+    finally:
+        hog.kill()
+        hog.wait()
+    spinning = threading.Event()
+
+    def spin():
+        while not spinning.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        with_own_work = busy_cores(0.3)
+    finally:
+        spinning.set()
+        spinner.join()
+    assert with_hog > baseline + 0.5          # another process's core counts
+    assert with_own_work < baseline + 0.5     # this process's own threads do not

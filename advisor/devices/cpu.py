@@ -1,6 +1,6 @@
 """The CPU as a device: the host's available memory, exact tracked tensor bytes, the host's clocks.
 
-On a CPU already busy with other work (load average), the probes run with a thread per free core:
+On a CPU already busy with other work (the load average, or the cores busy now), the probes run with a thread per free core:
 torch's threads wait for each other at every operator, so one descheduled thread makes every step wait.
 """
 
@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from advisor.devices.base import Backend
-from advisor.hardware.host import HOST_MEMORY_SOURCE, host_available_bytes
+from advisor.hardware.host import HOST_MEMORY_SOURCE, busy_cores, host_available_bytes
 
 KIND = "cpu"
 
@@ -51,7 +51,7 @@ class CpuBackend(Backend):
         if not adjustable or not hasattr(os, "getloadavg"):
             yield None
             return
-        load = os.getloadavg()[0]
+        load = other_load()
         threads = threads_beside_load(current, os.cpu_count() or 1, load)
         if threads == current:
             yield None
@@ -62,6 +62,21 @@ class CpuBackend(Backend):
                    f"thread{'s' if threads > 1 else ''} instead of {current}, so that timings are the model's")
         finally:
             torch.set_num_threads(current)
+
+
+_BUSY_FOR = 5.0                                # seconds a measurement of the busy cores is used again
+_busy: tuple[float, float | None] = (-math.inf, None)  # (when, cores): the last measurement
+
+
+def other_load() -> float:
+    """Other work on the machine, in cores: the larger of the 1-minute load average (which lags) and the
+    cores busy now (which a pause in a bursty job hides), measured at most every few seconds (it takes
+    a tenth of one)."""
+    global _busy
+    if time.monotonic() - _busy[0] > _BUSY_FOR:
+        _busy = (time.monotonic(), busy_cores(0.1))
+    now = _busy[1]
+    return max(os.getloadavg()[0], now if now is not None else 0.0)
 
 
 def threads_beside_load(current: int, cores: int, load: float) -> int:
