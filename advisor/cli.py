@@ -245,8 +245,9 @@ def _guarded():
         from advisor.distributed import CollectiveFailed, leave_error
 
         message = one_line(exc, limit=None)
-        if not leave_error(exc.exit_code, message, isinstance(exc, CollectiveFailed)):  # a launched rank leaves it for the launcher to say
-            err.print(f"bsadvisor: error: {message}", highlight=False, markup=False, soft_wrap=True)
+        if leave_error(exc.exit_code, message, isinstance(exc, CollectiveFailed)):  # the launcher says it
+            _end_rank(exc.exit_code)
+        err.print(f"bsadvisor: error: {message}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         from advisor.distributed import launched_rank
@@ -263,6 +264,16 @@ def _guarded():
         err.print(f"bsadvisor: error: unexpected {type(exc).__name__}: {one_line(exc)}", highlight=False,
                   markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_PROBE_FAILED)
+
+
+def _end_rank(exit_code: int) -> None:
+    """A launched rank whose error is left for the launcher ends here, without the interpreter's teardown:
+    with its process group's threads still running (a peer died mid-collective), that teardown can abort
+    in C++, and "terminate called without an active exception" reached the job's one-line stderr."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(exit_code)
 
 
 @contextlib.contextmanager

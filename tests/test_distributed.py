@@ -161,3 +161,19 @@ def test_a_killed_rank_ends_the_job_with_exit_4_and_leaves_no_process(write_mode
 def test_nproc_per_node_must_be_positive(write_model):
     code, _, err, _ = advisor("noise", write_model(MLP), "--device", "cpu", "--nproc-per-node", "0")
     assert code == 2 and "--nproc-per-node must be a positive integer" in err
+
+
+def test_a_rank_that_leaves_its_error_ends_without_the_interpreters_teardown(write_model, tmp_path):
+    """With a peer dead mid-collective, a rank's teardown can abort in C++ ("terminate called without an
+    active exception" on the job's stderr, once in a CI run); an atexit handler stands in for it here."""
+    path = write_model("import atexit, sys\natexit.register(lambda: print('teardown ran', file=sys.stderr))\n"
+                       "raise RuntimeError('boom')\n", name="failing_rank_model.py")
+    from advisor.distributed import free_port
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "BSADVISOR_ERROR_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "advisor", "noise", str(path), "--device", "cpu"], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=REPO)
+    left = json.loads((tmp_path / "rank0.json").read_text())
+    assert done.returncode == left["exit_code"] != 0 and "boom" in left["message"]
+    assert "teardown ran" not in done.stderr and "bsadvisor: error" not in done.stderr, done.stderr
