@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -110,7 +110,8 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
 @app.command("max-batch")
 def max_batch_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOpt = None, margin: MarginOpt = 0.1,
                       profile: ProfileOpt = None, shard: ShardOpt = None, zero_stage: ZeroStageOpt = 3,
-                      attention: AttentionOpt = None, seed: SeedOpt = 0, step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT,
+                      attention: AttentionOpt = None, seed: SeedOpt = 0,
+                      step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT,
                       isolate: IsolateOpt = False, json_out: JsonOpt = False) -> None:
     """The largest batch whose steady-state training step fits the memory budget."""
     _run(model, device, json_out, "memory", isolate=isolate, memory=memory,
@@ -266,7 +267,7 @@ def _guarded():
         raise typer.Exit(EXIT_PROBE_FAILED)
 
 
-def _end_rank(exit_code: int) -> None:
+def _end_rank(exit_code: int) -> NoReturn:
     """A launched rank whose error is left for the launcher ends here, without the interpreter's teardown:
     with its process group's threads still running (a peer died mid-collective), that teardown can abort
     in C++, and "terminate called without an active exception" reached the job's one-line stderr."""

@@ -1,7 +1,8 @@
 """The CPU as a device: the host's available memory, exact tracked tensor bytes, the host's clocks.
 
-On a CPU already busy with other work (the load average, or the cores busy now), the probes run with a thread per free core:
-torch's threads wait for each other at every operator, so one descheduled thread makes every step wait.
+On a CPU already busy with other work (the load average, or the cores busy now), the probes run with a
+thread per free core: torch's threads wait for each other at every operator, so one descheduled thread
+makes every step wait.
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def other_load() -> float:
 
 
 def threads_beside_load(current: int, cores: int, load: float) -> int:
-    """Intra-op threads for CPU probes on a machine already running `load` (the 1-minute load average)
-    other work: a thread per core left free. Torch's threads wait for each other at every operator, so
+    """Intra-op threads for CPU probes on a machine already running `load` cores' worth of other work
+    (`other_load`): a thread per core left free. Torch's threads wait for each other at every operator, so
     one of them descheduled by another process makes every step wait (on 2 cores with one busy, steps
     ran ~100x slower at 2 threads than at 1): timings then measure the other process, not the model."""
     free = cores - math.floor(load + 0.5)

@@ -30,15 +30,14 @@ def busy_cores(seconds: float = 0.2) -> float | None:
         after, own_after, elapsed = _cpu_ticks(), _own_seconds(), time.monotonic() - started
     except (OSError, ValueError, IndexError):
         return None
-    busy = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK")
+    busy = (after - before) / os.sysconf("SC_CLK_TCK")
     return max(0.0, busy - (own_after - own_before)) / elapsed
 
 
-def _cpu_ticks() -> tuple[int, int]:
-    """(busy, idle) clock ticks of all cores since boot, from /proc/stat's first line."""
+def _cpu_ticks() -> int:
+    """The busy clock ticks of all cores since boot, from /proc/stat's first line: all but idle and iowait."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    idle = values[3] + values[4]  # idle and iowait
-    return sum(values) - idle, idle
+    return sum(values) - values[3] - values[4]
 
 
 def _own_seconds() -> float:

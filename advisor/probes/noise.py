@@ -124,11 +124,8 @@ def planned_steps(lattice: list[int], seconds: float, step_seconds: float, point
 
 def steps_within(steps: list[int], budget: int, snapshots: int) -> list[int]:
     """The series' points for a budget of `budget` training steps: the doubling steps below it, then the
-    budget itself, where the run ends, unless the last point's snapshots (a step each) already reach it
-    (only the first point when that is at or past it). The end
-    is where the budget says, not the doubling below it: planned from step times, a budget that moved by a
-    few per cent with the machine's load otherwise moved the run's end, and the advice with it, by half
-    (the GPT example under load ended at step 160 or 320 from one run to the next)."""
+    budget itself, where the run ends (see `planned_steps` for why), unless the last point's snapshots (a
+    step each) already reach it; only the first point when that is at or past the budget."""
     below = [s for s in steps if s < budget]
     if not below or len(below) == len(steps) or below[-1] + snapshots >= budget:
         return below or steps[:1]
