@@ -10,6 +10,7 @@ A cluster plan adds the ring all-reduce of the gradients once per update, 2(n−
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 ADAPTIVE_OPTIMIZERS = {"Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam", "Adagrad", "Adadelta",
@@ -21,6 +22,7 @@ NEAR_OCTAVES = 2.0                # the local step-time fit's width, in octaves 
 BETA2_RATIO = 2.0                 # advise β2 when the batch moves this far from the base (either way)
 SCHEDULE_STEP = 1.5               # a batch schedule's steps grow the batch at least this much each
 CANDIDATES_APART = 1.5            # a sweep's candidate batches differ at least this much
+SNAP = 2 ** 0.25                  # a batch moves to a timed batch this near it (a quarter octave)
 
 
 @dataclass(frozen=True)
@@ -200,11 +202,22 @@ def nearest_on_plateau(plateau: Plateau, base_batch: int) -> int:
     return min(max(base_batch, plateau.low), plateau.high)
 
 
-def plateau_candidates(plateau: Plateau, chosen: int, apart: float = CANDIDATES_APART) -> list[int]:
-    """The batches a sweep tries: the plateau rule's `chosen` first, then the plateau's ends, each kept only
-    when it is at least `apart` times from every batch already kept (nearer ones would measure the same)."""
+def snapped(batch: int, timed: Sequence[int] = (), within: float = SNAP) -> int:
+    """The timed batch nearest `batch` when one lies within `within` times of it, else `batch`. Between the
+    batches the throughput probe timed, a step's cost is the line through them, and kernels run fastest at
+    the aligned sizes it times (powers of two): on the LSTM benchmark batch 18 took 6.47 ms a step where
+    the line through 16 (5.09 ms) and 32 (8.58 ms) says 5.5, so 18 cost 13% more per example than 16."""
+    near = [t for t in timed if max(t, batch) <= within * min(t, batch)]
+    return min(near, key=lambda t: (abs(math.log(t / batch)), t)) if near else batch
+
+
+def plateau_candidates(plateau: Plateau, chosen: int, apart: float = CANDIDATES_APART,
+                       timed: Sequence[int] = ()) -> list[int]:
+    """The batches a sweep tries: the plateau rule's `chosen` first, then the plateau's ends (each moved to
+    a timed batch near it, see `snapped`), each kept only when it is at least `apart` times from every
+    batch already kept (nearer ones would measure the same)."""
     kept = [chosen]
-    for end in (plateau.low, plateau.high):
+    for end in (snapped(plateau.low, timed), snapped(plateau.high, timed)):
         if all(max(end, k) >= apart * min(end, k) for k in kept):
             kept.append(end)
     return kept
@@ -245,14 +258,17 @@ class Recommendation:
 def rule_recommendation(fit: StepTimeFit, optimizer_seconds: float, noise_scale: float, base_batch: int,
                         base_lr: float, family: str, max_micro: int, devices: int = 1, min_micro: int = 1,
                         base_beta2: float | None = None, warmup_examples: int | None = None,
-                        tolerance: float = PLATEAU_TOLERANCE, measured: tuple[int, str] | None = None) -> Recommendation:
+                        tolerance: float = PLATEAU_TOLERANCE, measured: tuple[int, str] | None = None,
+                        timed: Sequence[int] = ()) -> Recommendation:
     """The batch: of the plateau of batches within `tolerance` of the best goodput, the one closest to the
     base batch (the base itself when it is on the plateau): a deterministic rule that timing noise moves
     only as far as it moves the plateau's edge, and the smallest change from a setting known to train;
-    or, with `measured` (batch, how), the batch that short runs measured best among the plateau's.
+    an end moves to a `timed` batch near it (see `snapped`); or, with `measured` (batch, how), the batch
+    that short runs measured best among the plateau's.
     The learning rate: the rule for that batch (a sweep may replace it: `with_swept_rate`)."""
     plateau = goodput_plateau(fit, optimizer_seconds, noise_scale, base_batch, max_micro, devices, min_micro, tolerance)
-    chosen = measured[0] if measured else nearest_on_plateau(plateau, base_batch)
+    nearest = nearest_on_plateau(plateau, base_batch)
+    chosen = measured[0] if measured else snapped(nearest, timed) if nearest != base_batch else nearest
     plan = plan_at(fit, optimizer_seconds, chosen, max_micro, devices, min_micro)
     base = plan_for_batch(fit, optimizer_seconds, base_batch, max_micro, devices, min_micro)
     best = plan_at(fit, optimizer_seconds, plateau.best, max_micro, devices, min_micro)
@@ -261,7 +277,10 @@ def rule_recommendation(fit: StepTimeFit, optimizer_seconds: float, noise_scale:
     factor, rule = learning_rate_factor(noise_scale, base_batch, plan.batch_size, family)
     ideal = math.sqrt(noise_scale * fit.alpha / fit.beta) if fit.alpha > 0 else 0.0
     where = (measured[1] if measured else "the base batch is on it, so it stays" if plan.batch_size == base_batch
-             else f"batch {plan.batch_size} is the plateau's end nearest the base batch {base_batch}")
+             else f"batch {plan.batch_size} is the plateau's end nearest the base batch {base_batch}"
+             if plan.batch_size == nearest else f"batch {plan.batch_size}, a batch the throughput probe timed, is "
+             f"the nearest to the plateau's end nearest the base batch ({nearest}); between timed batches a step "
+             "can cost more than the line through them says")
     reasons = [f"goodput B/T(B)*E(B) is within {tolerance:.0%} of its best ({best_gain:.2f}x the base's, at batch "
                f"{plateau.best}) for batches {plateau.low} to {plateau.high}: {where} ({gain:.2f}x the base's goodput)"]
     if devices > 1:

@@ -309,7 +309,11 @@ class Advisor:
                                    self.base_lr(), self.family(), self._limit(), devices=self.devices,
                                    min_micro=self.smallest, base_beta2=self._base_beta2(),
                                    warmup_examples=noise.series[-1].examples if noise.series else None,
-                                   measured=measured)
+                                   measured=measured, timed=self._timed())
+
+    def _timed(self) -> list[int]:
+        """The global batches whose step the throughput probe timed (one micro-batch per device)."""
+        return [p.batch * self.devices for p in self.throughput().points]
 
     def _fit_near_candidates(self, phi: float, limit: int) -> StepTimeFit:
         """The step-time line refitted near the batches the advice weighs (around the goodput optimum),
@@ -330,7 +334,8 @@ class Advisor:
         quarter = math.ceil(0.25 * self.noise().series[-1].examples / plan.batch_size)  # of the probed run
         affordable = int(self.settings.sweep_seconds / (TYPICAL_RUNS * per_step)) - SWEEP_HOLD_STEPS
         steps = max(20, min(quarter, affordable))
-        candidates = [self._candidate(batch, rec, steps) for batch in plateau_candidates(rec.plateau, plan.batch_size)]
+        batches = plateau_candidates(rec.plateau, plan.batch_size, timed=self._timed())
+        candidates = [self._candidate(batch, rec, steps) for batch in batches]
         trained, self._trained = self._trained, None  # its model and optimizer are not needed again
         result = try_step(lambda: sweep(self.spec, self.backend, trained.model, trained.opt, candidates,
                                         seed=self.settings.seed, hold_steps=SWEEP_HOLD_STEPS,

@@ -167,6 +167,22 @@ def test_the_sweeps_candidates_are_the_rules_batch_then_the_plateaus_ends_far_en
     assert plateau_candidates(Plateau(10, 40, 20, 0.05), 10) == [10, 40]
 
 
+def test_a_plateau_end_moves_to_a_timed_batch_within_a_quarter_octave_and_the_base_stays():
+    from advisor.advice import Plateau, plateau_candidates, snapped
+    powers = [2 ** k for k in range(12)]
+    assert [snapped(b, powers) for b in (18, 19, 20, 61, 219, 563, 41, 45)] == [16, 16, 20, 64, 256, 512, 41, 45]
+    assert snapped(24, [16, 32]) == 24 and snapped(18, []) == 18
+    assert snapped(23, [20, 26]) == 26 and snapped(110, [121, 100]) == 100  # nearer in ratio; a tie: smaller
+    assert plateau_candidates(Plateau(18, 61, 30, 0.05), 32, timed=powers) == [32, 16, 64]
+    assert plateau_candidates(Plateau(41, 132, 60, 0.05), 64, timed=powers) == [64, 41, 128]
+    # the plateau rule's own batch: an end (the base 32 is below the plateau [124, 323]) moves and says so
+    fit = StepTimeFit(0.01, 0.0001)
+    assert rule_recommendation(fit, 0.0, 400, 32, 0.1, "sgd", 10**6).plan.batch_size == 124
+    timed = rule_recommendation(fit, 0.0, 400, 32, 0.1, "sgd", 10**6, timed=powers)
+    assert timed.plan.batch_size == 128 and "plateau's end nearest the base batch (124)" in timed.reasons[0]
+    assert rule_recommendation(fit, 0.0, 400, 150, 0.1, "sgd", 10**6, timed=powers).plan.batch_size == 150
+
+
 def test_a_measured_batch_replaces_the_plateau_rules_and_says_why():
     fit = StepTimeFit(0.01, 0.0001)
     rule = rule_recommendation(fit, 0.0, 400, 32, 0.1, "sgd", 10**6)
