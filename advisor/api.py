@@ -56,10 +56,10 @@ def recommend(model: Model, batch: Batch = None, *, loss: Callable | None = None
               seed: int = 0, step_timeout: float = DEFAULT_STEP_TIMEOUT,
               collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT, plan_gpus: int | None = None,
               shard: int | None = None, zero_stage: int = 3, attention: str | None = None,
-              progress=None) -> Report:
+              shard_wrap: str = "layers", progress=None) -> Report:
     """The whole advice: largest batch, throughput, gradient noise, batch size and learning rate."""
     settings = make_settings(memory=memory, margin=margin, profile=profile, shard=shard, zero_stage=zero_stage,
-                             attention=attention, base_batch=base_batch, base_lr=base_lr,
+                             shard_wrap=shard_wrap, attention=attention, base_batch=base_batch, base_lr=base_lr,
                              noise_warmup_steps=noise_warmup_steps,
                              noise_budget=noise_budget, lr_sweep=lr_sweep, target_loss=target_loss,
                              max_step_seconds=max_step_seconds, seed=seed, step_timeout=step_timeout,
@@ -70,11 +70,12 @@ def recommend(model: Model, batch: Batch = None, *, loss: Callable | None = None
 def max_batch(model: Model, batch: Batch = None, *, loss: Callable | None = None, optimizer: Any = None,
               autocast: Any = None, device: str | Backend = "auto", memory: str | int | None = None,
               profile: str | dict | None = None, margin: float = 0.1, shard: int | None = None,
-              zero_stage: int = 3, attention: str | None = None, seed: int = 0,
+              zero_stage: int = 3, attention: str | None = None, shard_wrap: str = "layers", seed: int = 0,
               step_timeout: float = DEFAULT_STEP_TIMEOUT, progress=None) -> Report:
     """The largest batch whose steady-state training step fits the memory budget (`report.memory`)."""
     settings = make_settings(memory=memory, margin=margin, profile=profile, shard=shard, zero_stage=zero_stage,
-                             attention=attention, seed=seed, step_timeout=step_timeout, named=keyword_name)
+                             shard_wrap=shard_wrap, attention=attention, seed=seed, step_timeout=step_timeout,
+                             named=keyword_name)
     return run(_model(model, batch, loss, optimizer, autocast), settings, "memory", device, progress)
 
 
@@ -104,13 +105,12 @@ def throughput(model: Model, batch: Batch = None, *, loss: Callable | None = Non
 
 def check(model: Model, batch: Batch = None, *, profile: str | dict, batch_size: int, loss: Callable | None = None,
           optimizer: Any = None, autocast: Any = None, margin: float = 0.1, min_max_batch: int | None = None,
-          shard: int | None = None, zero_stage: int = 3, attention: str | None = None, seed: int = 0,
-          step_timeout: float = DEFAULT_STEP_TIMEOUT) -> CapacityCheck:
+          shard: int | None = None, zero_stage: int = 3, attention: str | None = None, shard_wrap: str = "layers",
+          seed: int = 0, step_timeout: float = DEFAULT_STEP_TIMEOUT) -> CapacityCheck:
     """The CI capacity check, no GPU needed: does `batch_size` fit the profiled device (`.fits`, `.passed`)?"""
     settings = make_settings(profile=profile, check_batch=batch_size, margin=margin, min_max_batch=min_max_batch,
-                             shard=shard, zero_stage=zero_stage, attention=attention, seed=seed,
-                             step_timeout=step_timeout,
-                             named=keyword_name)
+                             shard=shard, zero_stage=zero_stage, shard_wrap=shard_wrap, attention=attention,
+                             seed=seed, step_timeout=step_timeout, named=keyword_name)
     return run_check(_model(model, batch, loss, optimizer, autocast), settings, batch_size, min_max_batch)
 
 
@@ -144,7 +144,8 @@ def run_check(model: str | os.PathLike | ModelSpec, settings: Settings, batch_si
     with watchdog.watching(settings.step_timeout), watchdog.probe("capacity check"):
         spec = model if isinstance(model, ModelSpec) else load_spec(model)
         return check_capacity(spec, settings.profile, batch_size, settings.margin, min_max_batch, settings.seed,
-                              shard=settings.shard, zero_stage=settings.zero_stage, attention=settings.attention)
+                              shard=settings.shard, zero_stage=settings.zero_stage, attention=settings.attention,
+                              shard_wrap=settings.shard_wrap)
 
 
 def _model(model: Model, batch: Batch, loss, optimizer, autocast) -> str | os.PathLike | ModelSpec:

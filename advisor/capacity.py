@@ -34,6 +34,7 @@ class CapacityCheck:
     budget_terms: list[Term] = field(default_factory=list)  # how usable_bytes follows from the profile
     shard: int | None = None
     zero_stage: int = 3  # with shard: what the N GPUs shard (3: parameters too; 2: gradients and optimizer state)
+    shard_wrap: str = "layers"  # with shard: FSDP's units (memory/shard.py WRAPS)
     method: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -62,6 +63,7 @@ class CapacityCheck:
             "budget_terms": [t.to_json() for t in self.budget_terms],
             "shard": self.shard,
             "zero_stage": self.zero_stage if self.shard else None,
+            "shard_wrap": self.shard_wrap if self.shard else None,
             "notes": self.notes,
             "seconds": self.seconds,
         }
@@ -69,10 +71,11 @@ class CapacityCheck:
 
 def check_capacity(spec: ModelSpec, profile: dict, batch_size: int, margin: float,
                    min_max_batch: int | None = None, seed: int = 0, shard: int | None = None,
-                   zero_stage: int = 3, attention: str | None = None) -> CapacityCheck:
+                   zero_stage: int = 3, attention: str | None = None, shard_wrap: str = "layers") -> CapacityCheck:
     started = time.perf_counter()
     try:
-        step = trace_for_profile(spec, profile, seed=seed, shard=shard, zero_stage=zero_stage, attention=attention)
+        step = trace_for_profile(spec, profile, seed=seed, shard=shard, zero_stage=zero_stage, attention=attention,
+                                 shard_wrap=shard_wrap)
         usable = profile_budget(profile).bytes
         budget = math.floor(usable * (1 - margin))
         peaks: dict[int, int] = {}
@@ -80,7 +83,7 @@ def check_capacity(spec: ModelSpec, profile: dict, batch_size: int, margin: floa
         peak = peaks[batch_size] if batch_size in peaks else step.peak(batch_size)
         return CapacityCheck(profile["name"], batch_size, peak, usable, budget, margin, search.max_batch,
                              min_max_batch, time.perf_counter() - started, terms=step.terms(batch_size),
-                             budget_terms=step.budget_terms(), shard=shard, zero_stage=zero_stage,
+                             budget_terms=step.budget_terms(), shard=shard, zero_stage=zero_stage, shard_wrap=shard_wrap,
                              method=step.method,
                              notes=[*spec.notes, *step.notes])
     finally:

@@ -64,6 +64,11 @@ ZeroStageOpt = Annotated[int, typer.Option("--zero-stage", help="With --shard: 3
                                            "(FSDP full sharding), 2 the gradients and optimizer state only, "
                                            "each layer's parameters kept gathered from its forward to its "
                                            "backward (FSDP2 reshard_after_forward=False, as SHARD_GRAD_OP).")]
+ShardWrapOpt = Annotated[str, typer.Option("--shard-wrap", help="With --shard: FSDP's units. layers: each block, "
+                                           "the root keeps the embeddings and head gathered (Accelerate, the "
+                                           "transformers Trainer); torchtitan: the embeddings and the norm with "
+                                           "the head as units of their own; all: as torchtitan, the head "
+                                           "resharded after the forward too (as ZeRO-3 releases parameters).")]
 AttentionOpt = Annotated[Optional[str], typer.Option("--attention", help="The attention kernel the profiled GPU "
                                                      "runs: auto (by compute capability, dtype and head size), "
                                                      "flash, efficient or math.")]
@@ -96,12 +101,12 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
                       plan_gpus: Annotated[Optional[int], typer.Option("--plan-gpus", help="Also predict the plan "
                                                                        "for this many GPUs from --profile's "
                                                                        "interconnect (a prediction).")] = None,
-                      shard: ShardOpt = None, zero_stage: ZeroStageOpt = 3, attention: AttentionOpt = None,
-                      json_out: JsonOpt = False) -> None:
+                      shard: ShardOpt = None, zero_stage: ZeroStageOpt = 3, shard_wrap: ShardWrapOpt = "layers",
+                      attention: AttentionOpt = None, json_out: JsonOpt = False) -> None:
     """The whole advice: largest batch, throughput, gradient noise, batch size and learning rate."""
     _run(model, device, json_out, "recommendation", isolate=isolate, nproc_per_node=nproc_per_node, memory=memory,
-         margin=margin, profile=profile, shard=shard, zero_stage=zero_stage, attention=attention,
-         base_batch=base_batch, base_lr=base_lr,
+         margin=margin, profile=profile, shard=shard, zero_stage=zero_stage, shard_wrap=shard_wrap,
+         attention=attention, base_batch=base_batch, base_lr=base_lr,
          noise_warmup_steps=noise_warmup_steps, noise_budget=noise_budget, lr_sweep=lr_sweep,
          target_loss=target_loss, max_step_seconds=max_step_seconds, seed=seed,
          step_timeout=step_timeout, collective_timeout=collective_timeout, plan_gpus=plan_gpus)
@@ -110,13 +115,13 @@ def recommend_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOp
 @app.command("max-batch")
 def max_batch_command(model: Model, device: DeviceOpt = "auto", memory: MemoryOpt = None, margin: MarginOpt = 0.1,
                       profile: ProfileOpt = None, shard: ShardOpt = None, zero_stage: ZeroStageOpt = 3,
-                      attention: AttentionOpt = None, seed: SeedOpt = 0,
+                      shard_wrap: ShardWrapOpt = "layers", attention: AttentionOpt = None, seed: SeedOpt = 0,
                       step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT,
                       isolate: IsolateOpt = False, json_out: JsonOpt = False) -> None:
     """The largest batch whose steady-state training step fits the memory budget."""
     _run(model, device, json_out, "memory", isolate=isolate, memory=memory,
-         margin=margin, profile=profile, shard=shard, zero_stage=zero_stage, attention=attention, seed=seed,
-         step_timeout=step_timeout)
+         margin=margin, profile=profile, shard=shard, zero_stage=zero_stage, shard_wrap=shard_wrap,
+         attention=attention, seed=seed, step_timeout=step_timeout)
 
 
 @app.command("check")
@@ -127,8 +132,8 @@ def check_command(model: Model,
                   margin: MarginOpt = 0.1,
                   min_max_batch: Annotated[Optional[int], typer.Option("--min-max-batch", help="Also fail when the "
                                                                        "largest batch that fits drops below this.")] = None,
-                  shard: ShardOpt = None, zero_stage: ZeroStageOpt = 3, attention: AttentionOpt = None,
-                  seed: SeedOpt = 0, step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, json_out: JsonOpt = False) -> None:
+                  shard: ShardOpt = None, zero_stage: ZeroStageOpt = 3, shard_wrap: ShardWrapOpt = "layers",
+                  attention: AttentionOpt = None, seed: SeedOpt = 0, step_timeout: TimeoutOpt = DEFAULT_STEP_TIMEOUT, json_out: JsonOpt = False) -> None:
     """CI capacity check, no GPU needed: exit 0 when the batch fits the profiled device, 1 when not."""
     with _guarded() as err:
         from advisor.api import run_check
@@ -137,7 +142,7 @@ def check_command(model: Model,
 
         settings = make_settings(margin=margin, seed=seed, step_timeout=step_timeout, check_batch=batch_size,
                                  min_max_batch=min_max_batch, shard=shard, zero_stage=zero_stage,
-                                 attention=attention, profile=profile)
+                                 shard_wrap=shard_wrap, attention=attention, profile=profile)
         with _user_output_to_stderr(), last_resort(_exit_probe_failed):
             result = run_check(model, settings, batch_size, min_max_batch)
         for note in result.notes:

@@ -96,7 +96,8 @@ class Advisor:
         real = profiled = None
         if self.settings.profile is not None:  # another device: nothing the size of the model is built here
             profiled = trace_for_profile(self.spec, self.settings.profile, self.settings.seed, self.settings.shard,
-                                         self.settings.attention, zero_stage=self.settings.zero_stage)
+                                         self.settings.attention, zero_stage=self.settings.zero_stage,
+                                         shard_wrap=self.settings.shard_wrap)
             self._tracer, self._smallest = profiled, self._smallest or profiled.smallest
             self.notes.extend(profiled.notes)
         else:

@@ -47,6 +47,7 @@ class Settings:
     plan_gpus: int | None = None  # predict the step on this many GPUs from the profile's interconnect
     shard: int | None = None  # the peak on one GPU of N under full sharding (with a profile)
     zero_stage: int = 3  # with shard: 3 shards parameters too (FSDP's full sharding), 2 gradients and optimizer
+    shard_wrap: str = "layers"  # with shard: FSDP's units (memory/shard.py WRAPS)
     attention: str | None = None  # the kernel the profiled GPU runs (else the profile's, else auto)
 
     def to_dict(self) -> dict:
@@ -82,6 +83,7 @@ def make_settings(memory: str | int | None = None, margin: float = 0.1, base_bat
                   step_timeout: float = DEFAULT_STEP_TIMEOUT, collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT,
                   plan_gpus: int | None = None, check_batch: int | None = None, min_max_batch: int | None = None,
                   shard: int | None = None, zero_stage: int = 3, attention: str | None = None,
+                  shard_wrap: str = "layers",
                   named: Callable[[str], str] = flag_name) -> Settings:
     """The options, checked: each problem is a BadInput naming the option (as `named` spells it), the value
     and what is expected. `memory`: bytes, or a size as text ("512MiB"); `noise_budget`: "30s", "400steps",
@@ -93,7 +95,7 @@ def make_settings(memory: str | int | None = None, margin: float = 0.1, base_bat
     if plan_gpus is not None and profile is None:
         raise BadInput(f"{named('plan_gpus')} needs {named('profile')}: the interconnect's bandwidth and latency "
                        "come from it")
-    _check_shard(named, shard, zero_stage, attention, profile)
+    _check_shard(named, shard, zero_stage, attention, profile, shard_wrap)
     return Settings(
         memory_bytes=_memory_bytes(named, memory), margin=margin, base_batch=base_batch, base_lr=base_lr,
         noise_warmup_steps=noise_warmup_steps, noise_batch=noise_batch, noise_snapshots=noise_snapshots,
@@ -101,6 +103,7 @@ def make_settings(memory: str | int | None = None, margin: float = 0.1, base_bat
         batch_sizes=_batch_list(named, batch_sizes) if batch_sizes is not None else None,
         max_step_seconds=max_step_seconds, seed=seed, step_timeout=step_timeout, profile=_profile(profile),
         collective_timeout=collective_timeout, plan_gpus=plan_gpus, shard=shard, zero_stage=zero_stage,
+        shard_wrap=shard_wrap,
         attention=attention)
 
 
@@ -160,11 +163,11 @@ def _check_seconds(named: Callable[[str], str], values: dict) -> None:
 
 
 def _check_shard(named: Callable[[str], str], shard: int | None, zero_stage: int, attention: str | None,
-                 profile) -> None:
-    """shard: 2 to 4096 GPUs, with a profile (the GPUs it shards over); zero_stage 2 or 3, with shard;
-    attention: a kernel's name."""
+                 profile, shard_wrap: str = "layers") -> None:
+    """shard: 2 to 4096 GPUs, with a profile (the GPUs it shards over); zero_stage 2 or 3 and shard_wrap one of
+    WRAPS, with shard; attention: a kernel's name."""
     from advisor.memory.attention import BACKENDS
-    from advisor.memory.shard import MAX_SHARD
+    from advisor.memory.shard import MAX_SHARD, WRAPS
 
     if shard is not None:
         if not (_is_int(shard) and 2 <= shard <= MAX_SHARD):
@@ -177,6 +180,10 @@ def _check_shard(named: Callable[[str], str], shard: int | None, zero_stage: int
                        f"too), got {_shown(zero_stage)}")
     if zero_stage != 3 and shard is None:
         raise BadInput(f"{named('zero_stage')} needs {named('shard')}: it says how the N GPUs shard the step")
+    if shard_wrap not in WRAPS:
+        raise BadInput(f"{named('shard_wrap')} {str(shard_wrap)[:40]!r}: expected one of {', '.join(WRAPS)}")
+    if shard_wrap != "layers" and shard is None:
+        raise BadInput(f"{named('shard_wrap')} needs {named('shard')}: it says how FSDP wraps the N GPUs' model")
     if attention is not None:
         if attention not in BACKENDS:
             raise BadInput(f"{named('attention')} {str(attention)[:40]!r}: expected one of {', '.join(BACKENDS)}")

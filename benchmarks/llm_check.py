@@ -55,6 +55,9 @@ CHECKS = [  # (label, model file, extra flags); batch 1 unless --batch-size is a
     ("Llama-3-8B, LoRA r16 on q,k,v,o", "llama3_8b_lora.py", []),
     ("Llama-3-8B, full fine-tune, --shard 8", "llama3_8b.py", ["--shard", "8"]),
     ("Llama-3-8B, full fine-tune, --shard 8 --zero-stage 2", "llama3_8b.py", ["--shard", "8", "--zero-stage", "2"]),
+    ("Llama-3-8B, full fine-tune, --shard 8 --shard-wrap torchtitan", "llama3_8b.py",
+     ["--shard", "8", "--shard-wrap", "torchtitan"]),
+    ("Llama-3-8B, full fine-tune, --shard 8 --shard-wrap all", "llama3_8b.py", ["--shard", "8", "--shard-wrap", "all"]),
     ("Llama-3-8B, full, gradient checkpointing", "llama3_8b_checkpointed.py", []),
     ("Llama-3-8B, full, gradient checkpointing, --shard 8", "llama3_8b_checkpointed.py", ["--shard", "8"]),
     ("Llama-3-8B (transformers LlamaForCausalLM), full fine-tune", "llama3_8b_hf.py", []),
@@ -242,6 +245,11 @@ def markdown(data: dict) -> str:
                   f"parameter): {gib(states)}. Unsharded peak {gib(full['doc']['peak_bytes'])}; with `--shard 8` "
                   f"{gib(shard['doc']['peak_bytes'])} on one GPU: {gib(drop)} less, against 7/8 of the model states, "
                   f"{gib(states * 7 / 8)}."]
+        for wrap in ("torchtitan", "all"):
+            other = by_label.get(f"Llama-3-8B, full fine-tune, --shard 8 --shard-wrap {wrap}")
+            if other:
+                lines[-1] += (f" With `--shard-wrap {wrap}`: {gib(other['doc']['peak_bytes'])}, "
+                              f"{gib(full['doc']['peak_bytes'] - other['doc']['peak_bytes'])} less.")
     zero2 = by_label.get("Llama-3-8B, full fine-tune, --shard 8 --zero-stage 2")
     if full and zero2:
         import llama

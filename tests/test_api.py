@@ -131,6 +131,8 @@ def test_failures_are_exceptions_naming_the_keyword(write_model):
         advisor.recommend(path, plan_gpus=8)
     with pytest.raises(BadInput, match="^zero_stage needs shard"):
         advisor.check(path, profile="t4-16gb", batch_size=2, zero_stage=2)
+    with pytest.raises(BadInput, match="^shard_wrap 'blocks': expected one of layers, torchtitan, all"):
+        advisor.check(path, profile="t4-16gb", batch_size=2, shard=4, shard_wrap="blocks")
     if not torch.cuda.is_available():
         with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
             advisor.max_batch(path, device="cuda")

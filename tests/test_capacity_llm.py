@@ -241,6 +241,37 @@ def test_zero_stage_2_keeps_each_layers_parameters_gathered_between_its_forward_
     assert doc["zero_stage"] == 2 and "ZeRO-2" in doc["method"] and doc["traced_peak_bytes"] == peaks[2]
 
 
+def test_the_shard_wrap_gives_the_embeddings_and_head_units_of_their_own_and_keeps_a_tied_pair_at_the_root(
+        write_model):
+    """layers: the root holds the embedding and head, gathered from forward to backward (FSDP2 never reshards
+    its root); torchtitan and all: the embedding is a unit that reshards after its forward, so the step
+    holds at least (1 - 1/n) of its bytes less. A head tied to the embedding stays with the root."""
+    from advisor.memory.shard import outer_units, shard_units
+
+    path = write_model(BLOCKS)
+    spec = load_spec(path)
+    embedding = 256 * 128 * 4
+    n = 4
+    tied = write_model(BLOCKS.replace("s.o = nn.Linear(128, 256)", "s.o = nn.Linear(128, 256); s.o.weight = s.e.weight"),
+                       "tied.py")
+    model = load_spec(tied).model()
+    assert outer_units(model, shard_units(model)) == ([], [])  # both share a weight: the root keeps them
+    try:
+        peaks = {wrap: StepTracer(spec, build_fake=True, batch_on_host=False, prepare=fully_sharded(n, wrap=wrap)).peak(2)
+                 for wrap in ("layers", "torchtitan", "all")}
+        tied_peaks = [StepTracer(load_spec(tied), build_fake=True, batch_on_host=False,
+                                 prepare=fully_sharded(n, wrap=wrap)).peak(2) for wrap in ("layers", "all")]
+    finally:
+        release()
+    assert peaks["all"] <= peaks["torchtitan"] <= peaks["layers"] - (1 - 1 / n) * embedding
+    assert tied_peaks[1] <= tied_peaks[0]
+
+    result, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "2", "--shard", n, "--shard-wrap", "torchtitan")
+    assert result.exit_code == 0, result.output
+    assert doc["shard_wrap"] == "torchtitan" and "as torchtitan wraps" in doc["method"]
+    assert doc["traced_peak_bytes"] == peaks["torchtitan"]
+
+
 def test_where_fsdp2_cannot_shard_the_model_the_estimate_is_arithmetic_and_says_so(write_model, monkeypatch):
     import torch.distributed.fsdp as fsdp
 
@@ -273,7 +304,9 @@ def test_shard_needs_a_profile_and_two_or_more_gpus(write_model):
                            (["--profile", "t4-16gb", "--shard", "0"], "--shard"),
                            (["--profile", "t4-16gb", "--attention", "fast"], "--attention"),
                            (["--profile", "t4-16gb", "--shard", "4", "--zero-stage", "1"], "--zero-stage"),
-                           (["--profile", "t4-16gb", "--zero-stage", "2"], "--zero-stage")):
+                           (["--profile", "t4-16gb", "--zero-stage", "2"], "--zero-stage"),
+                           (["--profile", "t4-16gb", "--shard", "4", "--shard-wrap", "blocks"], "--shard-wrap"),
+                           (["--profile", "t4-16gb", "--shard-wrap", "all"], "--shard-wrap")):
         result = CliRunner().invoke(app, ["check", str(path), "--batch-size", "2", *args])
         assert result.exit_code == 2 and fragment in result.stderr and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["max-batch", str(path), "--device", "cpu", "--shard", "4"])

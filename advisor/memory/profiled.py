@@ -97,7 +97,7 @@ class ProfiledStep:
 
 
 def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int | None = None,
-                      attention: str | None = None, zero_stage: int = 3) -> ProfiledStep:
+                      attention: str | None = None, zero_stage: int = 3, shard_wrap: str = "layers") -> ProfiledStep:
     cuda = profile.get("device_type") == "cuda"
     backend = attention or profile.get("attention_backend") or "auto"
     if backend not in BACKENDS:
@@ -106,8 +106,9 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
     notes: list[str] = []
     prepare, shard_method = None, None
     if shard:
-        prepare = sharding.fully_sharded(shard, reshard_after_forward=zero_stage == 3)
-        shard_method = f"one rank of {shard} under FSDP2 (fully_shard, {_STAGES[zero_stage]}) on a fake process group"
+        prepare = sharding.fully_sharded(shard, reshard_after_forward=zero_stage == 3, wrap=shard_wrap)
+        shard_method = (f"one rank of {shard} under FSDP2 (fully_shard, {_STAGES[zero_stage]}; units: "
+                        f"{sharding.WRAP_SAYS[shard_wrap]}) on a fake process group")
     build = dict(seed=seed, batch_on_host=False, prepare=prepare, configure=as_on_cuda if cuda else None,
                  around_step=(lambda: _fresh(gpu_attention)) if gpu_attention else None)
     try:

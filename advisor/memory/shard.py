@@ -6,7 +6,13 @@ tests and torchtitan's memory estimation do, and the step is traced as rank 0 ru
 parameters, gradients and optimizer state, each layer's parameters gathered for its forward and backward
 and freed after (FSDP frees them by resizing their storage, which the tracker follows), the
 reduce-scatter buffers. What FSDP shards is each repeated block (the classes a transformers model lists
-in `_no_split_modules`, else the children of the module list holding the most parameters) and the root.
+in `_no_split_modules`, else the children of the module list holding the most parameters) and the root,
+as `wrap` says (WRAPS): "layers", the blocks and the root, as Accelerate and the transformers Trainer wrap
+with FSDP2, where the root's own parameters (embeddings, final norm, head) stay gathered from the forward
+to the backward (FSDP2 never reshards its root after the forward); "torchtitan", also the input
+embeddings as a unit of their own and the final norm with the head as another, which stays gathered after
+the forward (torchtitan's `apply_fsdp` by default); "all", the same units, every one resharded after its
+forward, head too (torchtitan's "always"; DeepSpeed's ZeRO-3 releases each module's parameters after use).
 The process group is this process's default group, made for the trace and destroyed by `release()`.
 """
 
@@ -16,6 +22,13 @@ import torch
 import torch.distributed as dist
 
 MAX_SHARD = 4096
+WRAPS = ("layers", "torchtitan", "all")
+WRAP_SAYS = {"layers": "each block, and the root holding the rest (gathered from forward to backward), as "
+                       "Accelerate and the transformers Trainer wrap",
+             "torchtitan": "the input embeddings, each block, the final norm with the head (kept gathered after "
+                           "the forward) and the root, as torchtitan wraps",
+             "all": "the input embeddings, each block, the final norm with the head and the root, every one "
+                    "resharded after its forward (torchtitan's 'always'; as ZeRO-3 releases parameters)"}
 
 _world: int | None = None  # the world size of the fake process group this module made, if any
 
@@ -55,15 +68,49 @@ def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [child for child in largest if any(True for _ in child.parameters())]
 
 
-def fully_sharded(world: int, reshard_after_forward: bool = True):
-    """A `prepare(model)` for StepTracer: the model under FSDP2 across `world` ranks."""
+def outer_units(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> tuple[list, list]:
+    """(embeddings, tail): the modules with parameters outside the blocks, largest first, split into the
+    input embeddings (each a unit of its own) and the rest (final norm, head: one unit). A module that
+    shares a parameter with another (tied embeddings and head) stays with the root, which owns both."""
+    inside = {id(m) for b in blocks for m in b.modules()}
+    names = {id(m): name for name, m in model.named_modules()}
+    prefixes = {name.rsplit(".", k)[0] for b in blocks for name in [names.get(id(b), "")]
+                for k in range(1, name.count(".") + 1)} | {""}
+    above = {id(m) for name, m in model.named_modules() if name in prefixes}
+    outer: list[torch.nn.Module] = []
+
+    def walk(module: torch.nn.Module) -> None:
+        for child in module.children():
+            if id(child) in inside or not any(True for _ in child.parameters()):
+                continue
+            if id(child) in above:
+                walk(child)
+            else:
+                outer.append(child)
+
+    walk(model)
+    owners: dict[int, int] = {}
+    for m in outer:
+        for p in m.parameters():
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    untied = [m for m in outer if all(owners[id(p)] == 1 for p in m.parameters())]
+    embeddings = [m for m in untied if isinstance(m, torch.nn.Embedding)]
+    return embeddings, [m for m in untied if not isinstance(m, torch.nn.Embedding)]
+
+
+def fully_sharded(world: int, reshard_after_forward: bool = True, wrap: str = "layers"):
+    """A `prepare(model)` for StepTracer: the model under FSDP2 across `world` ranks, wrapped as `wrap` says."""
     from torch.distributed.fsdp import fully_shard
 
     device_mesh = mesh(world)  # made here, outside the trace's FakeTensorMode: it reads real rank tensors
 
     def prepare(model: torch.nn.Module) -> torch.nn.Module:
-        for unit in shard_units(model):
+        blocks = shard_units(model)
+        embeddings, tail = outer_units(model, blocks) if wrap != "layers" else ([], [])
+        for unit in [*embeddings, *blocks]:
             fully_shard(unit, mesh=device_mesh, reshard_after_forward=reshard_after_forward)
+        if tail:
+            fully_shard(tail, mesh=device_mesh, reshard_after_forward=reshard_after_forward and wrap == "all")
         fully_shard(model, mesh=device_mesh, reshard_after_forward=reshard_after_forward)
         return model
 
