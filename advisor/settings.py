@@ -163,7 +163,7 @@ def _check_seconds(named: Callable[[str], str], values: dict) -> None:
 
 
 def _check_shard(named: Callable[[str], str], shard: int | None, zero_stage: int, attention: str | None,
-                 profile, shard_wrap: str = "layers") -> None:
+                 profile, shard_wrap: str) -> None:
     """shard: 2 to 4096 GPUs, with a profile (the GPUs it shards over); zero_stage 2 or 3 and shard_wrap one of
     WRAPS, with shard; attention: a kernel's name."""
     from advisor.memory.attention import BACKENDS

@@ -18,6 +18,8 @@ The process group is this process's default group, made for the trace and destro
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 import torch.distributed as dist
 
@@ -69,30 +71,25 @@ def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def outer_units(model: torch.nn.Module, blocks: list[torch.nn.Module]) -> tuple[list, list]:
-    """(embeddings, tail): the modules with parameters outside the blocks, largest first, split into the
-    input embeddings (each a unit of its own) and the rest (final norm, head: one unit). A module that
-    shares a parameter with another (tied embeddings and head) stays with the root, which owns both."""
+    """(embeddings, tail): the modules with parameters outside the blocks (the outermost such, in the model's
+    order), split into the input embeddings (each a unit of its own) and the rest (final norm, head: one
+    unit). A module that shares a parameter with another (tied embeddings and head) stays with the root,
+    which owns both."""
+    block_ids = {id(b) for b in blocks}
     inside = {id(m) for b in blocks for m in b.modules()}
-    names = {id(m): name for name, m in model.named_modules()}
-    prefixes = {name.rsplit(".", k)[0] for b in blocks for name in [names.get(id(b), "")]
-                for k in range(1, name.count(".") + 1)} | {""}
-    above = {id(m) for name, m in model.named_modules() if name in prefixes}
     outer: list[torch.nn.Module] = []
 
     def walk(module: torch.nn.Module) -> None:
         for child in module.children():
             if id(child) in inside or not any(True for _ in child.parameters()):
                 continue
-            if id(child) in above:
+            if any(id(m) in block_ids for m in child.modules()):  # holds blocks: look further in
                 walk(child)
             else:
                 outer.append(child)
 
     walk(model)
-    owners: dict[int, int] = {}
-    for m in outer:
-        for p in m.parameters():
-            owners[id(p)] = owners.get(id(p), 0) + 1
+    owners = Counter(id(p) for m in outer for p in m.parameters())
     untied = [m for m in outer if all(owners[id(p)] == 1 for p in m.parameters())]
     embeddings = [m for m in untied if isinstance(m, torch.nn.Embedding)]
     return embeddings, [m for m in untied if not isinstance(m, torch.nn.Embedding)]
