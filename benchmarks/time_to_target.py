@@ -205,15 +205,18 @@ def rerun_advice(name: str, cfg: dict, saved: dict) -> dict:
     repeat(spec, settings, deciding(settings), target, val, cfg["eval_examples"], cap, clock)
     return {**saved, "recommend": rec, "settings": settings,
             "step_seconds": {f"{m}x{a}": t for (m, a), t in clock.cache.items()},
-            "best_grid": min((k for k, s in settings.items() if k.startswith("grid") and s["run"]["status"] == "reached"),
-                             key=lambda k: settings[k]["run"]["seconds"])}
+            "best_grid": fastest_grid(settings)[0]}
+
+
+def fastest_grid(settings: dict) -> list[str]:
+    """The grid's cells that reached the target, fastest first (by seed 0's run)."""
+    return sorted((k for k, s in settings.items() if k.startswith("grid") and s["run"]["status"] == "reached"),
+                  key=lambda k: settings[k]["run"]["seconds"])
 
 
 def deciding(settings: dict) -> list[str]:
     """The settings the verdict compares: bsadvisor's, the base and the grid's TOP fastest cells from seed 0."""
-    reached = sorted((k for k, s in settings.items() if k.startswith("grid") and s["run"]["status"] == "reached"),
-                     key=lambda k: settings[k]["run"]["seconds"])
-    return ["(a) bsadvisor", "(c) base"] + reached[:TOP]
+    return ["(a) bsadvisor", "(c) base"] + fastest_grid(settings)[:TOP]
 
 
 def repeat(spec, settings: dict, labels: list[str], target, val, eval_examples: int, cap: float, clock: Clock) -> None:
@@ -288,11 +291,9 @@ def run_task(name: str, cfg: dict, quick: bool) -> dict:
         r = s["run"]
         print(f"  {label}: {r['status']} {r['steps']} steps {r['examples']} examples {r['seconds']:.2f} s",
               file=sys.stderr)
-    grid = {k: s for k, s in settings.items() if k.startswith("grid")}
-    reached = {k: s for k, s in grid.items() if s["run"]["status"] == "reached"}
-    best = min(reached, key=lambda k: reached[k]["run"]["seconds"])
+    best = fastest_grid(settings)[0]
     repeat(spec, settings, deciding(settings), target, val, cfg["eval_examples"], cap, clock)
-    print(f"{name}: best of grid {best}, {reached[best]['run']['seconds']:.2f} s", file=sys.stderr)
+    print(f"{name}: best of grid {best}, {settings[best]['run']['seconds']:.2f} s", file=sys.stderr)
     return {"target": target, "base_batch": base_batch, "base_lr": base_lr, "recommend": rec, "settings": settings,
             "best_grid": best, "step_seconds": {f"{m}x{a}": t for (m, a), t in clock.cache.items()}}
 
