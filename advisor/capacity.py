@@ -33,7 +33,7 @@ class CapacityCheck:
     terms: list[Term] = field(default_factory=list)         # what peak_bytes is made of, each with its source
     budget_terms: list[Term] = field(default_factory=list)  # how usable_bytes follows from the profile
     shard: int | None = None
-    zero_stage: int = 3  # with shard: what the N GPUs shard (3: parameters too; 2: gradients and optimizer state)
+    zero_stage: int = 3  # with shard: what the N GPUs shard (3: parameters too; 2: gradients too; 1: optimizer state)
     shard_wrap: str = "layers"  # with shard: FSDP's units (memory/shard.py WRAPS)
     method: str = ""
     notes: list[str] = field(default_factory=list)
@@ -63,7 +63,7 @@ class CapacityCheck:
             "budget_terms": [t.to_json() for t in self.budget_terms],
             "shard": self.shard,
             "zero_stage": self.zero_stage if self.shard else None,
-            "shard_wrap": self.shard_wrap if self.shard else None,
+            "shard_wrap": self.shard_wrap if self.shard and self.zero_stage != 1 else None,
             "notes": self.notes,
             "seconds": self.seconds,
         }

@@ -57,13 +57,15 @@ NoiseBudgetOpt = Annotated[str, typer.Option("--noise-budget", help="How far the
 TargetLossOpt = Annotated[Optional[float], typer.Option("--target-loss", help="The training loss your run trains "
                                                         "to: the noise probe follows training until it gets there "
                                                         "(or its budget ends).")]
-ShardOpt = Annotated[Optional[int], typer.Option("--shard", help="Peak on one GPU of N under full sharding "
-                                             "(FSDP2 / ZeRO-3), traced with torch's fully_shard on a fake "
-                                             "process group; needs --profile.")]
+ShardOpt = Annotated[Optional[int], typer.Option("--shard", help="Peak on one GPU of N under sharding (FSDP2 "
+                                             "full sharding / ZeRO-3 unless --zero-stage says less), traced "
+                                             "with torch's own on a fake process group; needs --profile.")]
 ZeroStageOpt = Annotated[int, typer.Option("--zero-stage", help="With --shard: 3 shards the parameters too "
                                            "(FSDP full sharding), 2 the gradients and optimizer state only, "
                                            "each layer's parameters kept gathered from its forward to its "
-                                           "backward (FSDP2 reshard_after_forward=False, as SHARD_GRAD_OP).")]
+                                           "backward (FSDP2 reshard_after_forward=False, as SHARD_GRAD_OP), 1 "
+                                           "the optimizer state only (torch's ZeroRedundancyOptimizer with "
+                                           "DDP).")]
 ShardWrapOpt = Annotated[str, typer.Option("--shard-wrap", help="With --shard: FSDP's units. layers: each block, "
                                            "the root keeps the embeddings and head gathered (Accelerate, the "
                                            "transformers Trainer); torchtitan: the embeddings and the norm with "

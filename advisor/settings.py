@@ -47,6 +47,7 @@ class Settings:
     plan_gpus: int | None = None  # predict the step on this many GPUs from the profile's interconnect
     shard: int | None = None  # the peak on one GPU of N under full sharding (with a profile)
     zero_stage: int = 3  # with shard: 3 shards parameters too (FSDP's full sharding), 2 gradients and optimizer
+    # state, 1 optimizer state (ZeroRedundancyOptimizer)
     shard_wrap: str = "layers"  # with shard: FSDP's units (memory/shard.py WRAPS)
     attention: str | None = None  # the kernel the profiled GPU runs (else the profile's, else auto)
 
@@ -164,8 +165,8 @@ def _check_seconds(named: Callable[[str], str], values: dict) -> None:
 
 def _check_shard(named: Callable[[str], str], shard: int | None, zero_stage: int, attention: str | None,
                  profile, shard_wrap: str) -> None:
-    """shard: 2 to 4096 GPUs, with a profile (the GPUs it shards over); zero_stage 2 or 3 and shard_wrap one of
-    WRAPS, with shard; attention: a kernel's name."""
+    """shard: 2 to 4096 GPUs, with a profile (the GPUs it shards over); zero_stage 1 to 3 and shard_wrap one of
+    WRAPS (stages 2 and 3), with shard; attention: a kernel's name."""
     from advisor.memory.attention import BACKENDS
     from advisor.memory.shard import MAX_SHARD, WRAPS
 
@@ -175,15 +176,18 @@ def _check_shard(named: Callable[[str], str], shard: int | None, zero_stage: int
         if profile is None:
             raise BadInput(f"{named('shard')} needs {named('profile')}: it traces one GPU of N as the profiled "
                            "device runs it")
-    if not (_is_int(zero_stage) and zero_stage in (2, 3)):
-        raise BadInput(f"{named('zero_stage')} must be 2 (gradients and optimizer state sharded) or 3 (parameters "
-                       f"too), got {_shown(zero_stage)}")
+    if not (_is_int(zero_stage) and zero_stage in (1, 2, 3)):
+        raise BadInput(f"{named('zero_stage')} must be 1 (optimizer state sharded), 2 (gradients too) or 3 "
+                       f"(parameters too), got {_shown(zero_stage)}")
     if zero_stage != 3 and shard is None:
         raise BadInput(f"{named('zero_stage')} needs {named('shard')}: it says how the N GPUs shard the step")
     if shard_wrap not in WRAPS:
         raise BadInput(f"{named('shard_wrap')} {str(shard_wrap)[:40]!r}: expected one of {', '.join(WRAPS)}")
     if shard_wrap != "layers" and shard is None:
         raise BadInput(f"{named('shard_wrap')} needs {named('shard')}: it says how FSDP wraps the N GPUs' model")
+    if shard_wrap != "layers" and zero_stage == 1:
+        raise BadInput(f"{named('shard_wrap')} needs {named('zero_stage')} 2 or 3: ZeRO-1 shards no parameters, "
+                       "so FSDP wraps nothing")
     if attention is not None:
         if attention not in BACKENDS:
             raise BadInput(f"{named('attention')} {str(attention)[:40]!r}: expected one of {', '.join(BACKENDS)}")

@@ -7,7 +7,7 @@
 1. `bsadvisor check MODEL --profile h100-sxm-80gb --batch-size 1 --json`, each in its own process under
    `/usr/bin/time -v` (wall time and peak resident memory of the whole command, interpreter start included),
    with the load average beside it: TinyLlama-1.1B and Llama-3-8B (full fine-tune, AdamW, bf16, 2048
-   tokens), Llama-3-8B with LoRA, Llama-3-8B with `--shard 8` (ZeRO-3, and `--zero-stage 2`), Llama-3-8B
+   tokens), Llama-3-8B with LoRA, Llama-3-8B with `--shard 8` (ZeRO-3, `--zero-stage 2` and `--zero-stage 1`), Llama-3-8B
    with gradient checkpointing (with
    and without `--shard 8`), the LoRA set-up torchtune publishes a peak for, and, where `transformers` is
    installed, transformers' own LlamaForCausalLM built from a Llama-3-8B config and GPT-2 small against
@@ -55,6 +55,7 @@ CHECKS = [  # (label, model file, extra flags); batch 1 unless --batch-size is a
     ("Llama-3-8B, LoRA r16 on q,k,v,o", "llama3_8b_lora.py", []),
     ("Llama-3-8B, full fine-tune, --shard 8", "llama3_8b.py", ["--shard", "8"]),
     ("Llama-3-8B, full fine-tune, --shard 8 --zero-stage 2", "llama3_8b.py", ["--shard", "8", "--zero-stage", "2"]),
+    ("Llama-3-8B, full fine-tune, --shard 8 --zero-stage 1", "llama3_8b.py", ["--shard", "8", "--zero-stage", "1"]),
     ("Llama-3-8B, full fine-tune, --shard 8 --shard-wrap torchtitan", "llama3_8b.py",
      ["--shard", "8", "--shard-wrap", "torchtitan"]),
     ("Llama-3-8B, full fine-tune, --shard 8 --shard-wrap all", "llama3_8b.py", ["--shard", "8", "--shard-wrap", "all"]),
@@ -258,6 +259,17 @@ def markdown(data: dict) -> str:
         lines += ["", f"With `--zero-stage 2` (parameters whole, gradients and optimizer state sharded): "
                   f"{gib(zero2['doc']['peak_bytes'])} on one GPU of 8, {gib(zero2['doc']['peak_bytes'] - shard['doc']['peak_bytes'])} "
                   f"above ZeRO-3, against 7/8 of the bf16 weights, {gib(weights * 7 / 8)}."]
+    zero1 = by_label.get("Llama-3-8B, full fine-tune, --shard 8 --zero-stage 1")
+    if full and zero1:
+        import llama
+
+        moments = 4 * llama.parameter_count(llama.LLAMA3_8B)  # AdamW's two bf16 moments
+        buckets = next(t["bytes"] for t in zero1["doc"]["terms"] if t["name"] == "ddp_gradient_buckets")
+        lines += ["", f"With `--zero-stage 1` (optimizer state sharded, parameters and gradients whole): "
+                  f"{gib(zero1['doc']['peak_bytes'])} on one GPU of 8, of which {gib(buckets)} are DDP's gradient "
+                  f"buckets; the traced step, {gib(zero1['doc']['traced_peak_bytes'])}, is "
+                  f"{gib(full['doc']['traced_peak_bytes'] - zero1['doc']['traced_peak_bytes'])} below the unsharded "
+                  f"one, against 7/8 of the AdamW moments, {gib(moments * 7 / 8)}."]
     lines += ["", "Tracing cost (fake-built, CPU kernels, one traced step; load average beside):", ""]
     lines.append(common.table(
         ["model", "layers", "parameters", "batch", "operators", "seconds", "µs / operator", "load"],

@@ -18,8 +18,8 @@ from advisor.memory.attention import GpuAttention, gpu_backend
 from advisor.memory.cuda_overheads import DEFAULT_WORKSPACE, HOPPER_WORKSPACE, cublas_workspace, device_terms
 from advisor.memory.fidelity import hold_to_real_steps
 from advisor.probes.max_batch import CONFIRMED_ON_CPU, find_max_batch
-from advisor.memory.shard import fully_sharded, release
-from advisor.memory.trace import StepTracer
+from advisor.memory.shard import fully_sharded, optimizer_sharded, partition_bytes, release
+from advisor.memory.trace import StepTracer, optimizer_state
 from advisor.memory.tracker import LiveStorageTracker
 from advisor.spec import load_spec
 
@@ -241,6 +241,63 @@ def test_zero_stage_2_keeps_each_layers_parameters_gathered_between_its_forward_
     assert doc["zero_stage"] == 2 and "ZeRO-2" in doc["method"] and doc["traced_peak_bytes"] == peaks[2]
 
 
+def test_zero_stage_1_shards_the_optimizer_state_alone_and_its_fake_trace_equals_real_steps(write_model):
+    """ZeRO-1 through torch's ZeroRedundancyOptimizer on a fake process group: real CPU tensors step through
+    it too (the fake backend's collectives return at once), so the fake-built trace is held to real steps."""
+    path = write_model(BLOCKS)
+    spec = load_spec(path)
+    n = 4
+    try:
+        for batch in (2, 5):
+            real = StepTracer(spec, fake=False, configure=optimizer_sharded(n)).peak(batch)
+            zero = StepTracer(spec, build_fake=True, configure=optimizer_sharded(n))
+            assert zero.peak(batch) == real
+        whole = StepTracer(spec, build_fake=True)
+        unsharded = whole.peak(2)
+        rank_state, all_state = (sum(t.numel() * t.element_size() for t in optimizer_state(tracer.opt))
+                                 for tracer in (zero, whole))
+        largest = max(p.numel() * p.element_size() for p in whole.model.parameters())
+        assert all_state / n <= rank_state < all_state / 2
+        # the rest of the step is the same: what moves is the state, and the optimizer's per-tensor temporaries
+        assert abs((unsharded - zero.peak(2)) - (all_state - rank_state)) <= largest
+    finally:
+        release()
+
+    result, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "2", "--shard", n, "--zero-stage", 1)
+    assert result.exit_code == 0, result.output
+    assert doc["zero_stage"] == 1 and doc["shard_wrap"] is None and "ZeroRedundancyOptimizer" in doc["method"]
+    buckets = next(t for t in doc["terms"] if t["name"] == "ddp_gradient_buckets")
+    assert buckets["bytes"] == 4 * sum(p.numel() for p in spec.model().parameters())  # a copy of every gradient
+    _, full = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "2", "--shard", n)
+    assert full["traced_peak_bytes"] < doc["traced_peak_bytes"]
+
+
+def test_zero_stage_1_is_traced_as_the_rank_holding_the_most_parameter_bytes(write_model):
+    """ZeroRedundancyOptimizer hands whole parameters, largest first, to the least-loaded rank: of 160, 90 and
+    81 elements over two ranks, rank 0 takes 160 and rank 1 the other two, so rank 1 fills first."""
+    spec = load_spec(write_model("""
+        import torch
+        import torch.nn as nn
+
+        def model():
+            return nn.Sequential(nn.Linear(16, 10, bias=False), nn.Linear(10, 9, bias=False),
+                                 nn.Linear(9, 9, bias=False))
+
+        def batch(n):
+            return torch.randn(n, 16), torch.randint(0, 9, (n,))
+    """))
+    try:
+        tracer = StepTracer(spec, build_fake=True, configure=optimizer_sharded(2))
+        import torch.distributed as dist
+
+        assert dist.get_rank() == 1
+        assert partition_bytes(tracer.opt, 1) == 4 * (10 * 9 + 9 * 9) > partition_bytes(tracer.opt, 0)
+        held = {p.numel() for p in tracer.opt.optim.param_groups[0]["params"]}
+        assert held == {90, 81}
+    finally:
+        release()
+
+
 def test_the_shard_wrap_gives_the_embeddings_and_head_units_of_their_own_and_keeps_a_tied_pair_at_the_root(
         write_model):
     """layers: the root holds the embedding and head, gathered from forward to backward (FSDP2 never reshards
@@ -292,6 +349,13 @@ def test_where_fsdp2_cannot_shard_the_model_the_estimate_is_arithmetic_and_says_
     term = next(t for t in doc["terms"] if t["name"] == "sharded_model_states")
     parameter_bytes = 4 * sum(p.numel() for p in params)
     assert term["bytes"] == -round((states - parameter_bytes) * 3 / 4)  # ZeRO-2: the parameters stay whole
+    import torch.distributed.optim as distributed_optim
+
+    monkeypatch.setattr(distributed_optim, "ZeroRedundancyOptimizer", refuse)
+    result, doc = check(path, "--profile", "a100-sxm-40gb", "--batch-size", "2", "--shard", "4", "--zero-stage", "1")
+    term = next(t for t in doc["terms"] if t["name"] == "sharded_model_states")
+    assert term["bytes"] == -round((states - 2 * parameter_bytes) * 3 / 4)  # ZeRO-1: gradients whole too
+    assert any("ZeroRedundancyOptimizer could not trace" in n for n in doc["notes"])
     # max-batch takes --shard the same way (and recommend, whose memory limit is max-batch's)
     result = CliRunner().invoke(app, ["max-batch", str(path), "--profile", "a100-sxm-40gb", "--shard", "4", "--json"])
     assert result.exit_code == 0, result.output
@@ -303,7 +367,10 @@ def test_shard_needs_a_profile_and_two_or_more_gpus(write_model):
     for args, fragment in ((["--profile", "t4-16gb", "--shard", "1"], "--shard"),
                            (["--profile", "t4-16gb", "--shard", "0"], "--shard"),
                            (["--profile", "t4-16gb", "--attention", "fast"], "--attention"),
-                           (["--profile", "t4-16gb", "--shard", "4", "--zero-stage", "1"], "--zero-stage"),
+                           (["--profile", "t4-16gb", "--shard", "4", "--zero-stage", "0"], "--zero-stage"),
+                           (["--profile", "t4-16gb", "--shard", "4", "--zero-stage", "4"], "--zero-stage"),
+                           (["--profile", "t4-16gb", "--shard", "4", "--zero-stage", "1", "--shard-wrap", "all"],
+                            "--shard-wrap"),
                            (["--profile", "t4-16gb", "--zero-stage", "2"], "--zero-stage"),
                            (["--profile", "t4-16gb", "--shard", "4", "--shard-wrap", "blocks"], "--shard-wrap"),
                            (["--profile", "t4-16gb", "--shard-wrap", "all"], "--shard-wrap")):

@@ -8,8 +8,10 @@ megabytes. The step is traced as the device runs it:
 - attention through the kernel that GPU picks (advisor/memory/attention.py);
 - the optimizer's foreach implementation where the file leaves `foreach` unset, as torch picks on CUDA
   (torch.optim.optimizer._default_to_fused_or_foreach; on the CPU it loops tensor by tensor);
-- with `shard`, one rank of N under FSDP2 (advisor/memory/shard.py): ZeRO-3 (full sharding), or ZeRO-2
-  (`zero_stage=2`: each layer's parameters stay gathered from its forward to its backward);
+- with `shard`, one rank of N (advisor/memory/shard.py): under FSDP2, ZeRO-3 (full sharding) or ZeRO-2
+  (`zero_stage=2`: each layer's parameters stay gathered from its forward to its backward); under torch's
+  ZeroRedundancyOptimizer, ZeRO-1 (`zero_stage=1`: the optimizer state alone), with DDP's gradient
+  buckets, which cannot run under FakeTensorMode, a term of their own;
 - the CUDA terms the trace cannot see: the allocator's rounding, the cuBLAS workspace, NCCL's buffers
   (advisor/memory/cuda_overheads.py).
 
@@ -39,8 +41,9 @@ from advisor.units import format_bytes
 
 # What `zero_stage` shards over the N GPUs, as the method and the arithmetic fallback say it
 _STAGES = {3: "full sharding as ZeRO-3", 2: "gradients and optimizer state sharded, parameters gathered from each "
-           "layer's forward to its backward, as ZeRO-2 / SHARD_GRAD_OP (reshard_after_forward=False)"}
-_SHARDED = {3: "parameter, gradient and optimizer-state", 2: "gradient and optimizer-state"}
+           "layer's forward to its backward, as ZeRO-2 / SHARD_GRAD_OP (reshard_after_forward=False)",
+           1: "optimizer state sharded, parameters and gradients whole, as ZeRO-1"}
+_SHARDED = {3: "parameter, gradient and optimizer-state", 2: "gradient and optimizer-state", 1: "optimizer-state"}
 
 @dataclass
 class ProfiledStep:
@@ -70,7 +73,7 @@ class ProfiledStep:
                 found.append(Term("allocator_rounding", rounded - traced, "estimated: every traced allocation "
                                   "rounded up to 512 bytes, as CUDA's caching allocator does"))
             if self.shard and self.shard_method and "arithmetically" in self.shard_method:
-                sharded = model_state_bytes(self.tracer, parameters=self.zero_stage == 3)
+                sharded = model_state_bytes(self.tracer, stage=self.zero_stage)
                 found.append(Term("sharded_model_states", -round(sharded * (1 - 1 / self.shard)),
                                   f"estimated arithmetically: (N-1)/N of the {_SHARDED[self.zero_stage]} bytes, "
                                   f"N = {self.shard}; the gathered layers and NCCL's buffers beside them"))
@@ -78,6 +81,11 @@ class ProfiledStep:
             if gap:
                 found.append(Term("fidelity_correction", gap, "measured: real CPU steps held more than the fake "
                                   f"trace ({self.fidelity.describe()}); fitted as a line in the batch size"))
+            if self.shard and self.zero_stage == 1:
+                found.append(Term("ddp_gradient_buckets", gradient_bytes(self.tracer), "estimated: DDP's "
+                                  "all-reduce buckets, a copy of every gradient (torch's DistributedDataParallel "
+                                  "docs: gradient_as_bucket_view=True saves the total gradients' size, then this "
+                                  "term is 0); DDP cannot run under FakeTensorMode"))
             self._terms[batch] = found + device_terms(self.profile, self.shard)
         return self._terms[batch]
 
@@ -104,29 +112,28 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
         raise BadInput(f"--attention {backend!r}: expected one of {', '.join(BACKENDS)}")
     gpu_attention = GpuAttention(backend, compute_capability(profile)) if cuda else None
     notes: list[str] = []
-    prepare, shard_method = None, None
-    if shard:
-        prepare = sharding.fully_sharded(shard, reshard_after_forward=zero_stage == 3, wrap=shard_wrap)
-        shard_method = (f"one rank of {shard} under FSDP2 (fully_shard, {_STAGES[zero_stage]}; units: "
-                        f"{sharding.WRAP_SAYS[shard_wrap]}) on a fake process group")
-    build = dict(seed=seed, batch_on_host=False, prepare=prepare, configure=as_on_cuda if cuda else None,
+    prepare, configure, shard_method = _sharded_as(shard, zero_stage, shard_wrap, cuda)
+    build = dict(seed=seed, batch_on_host=False, prepare=prepare, configure=configure,
                  around_step=(lambda: _fresh(gpu_attention)) if gpu_attention else None)
+    traced_sharded = bool(shard)
     try:
-        tracer, smallest, built_fake = _fake_built(spec, build, notes)
+        tracer, smallest, built_fake = _fake_built(spec, build, notes, sharded=traced_sharded)
     except (BadInput, MemoryError):
         raise
-    except Exception as exc:  # FSDP2 could not wrap or step this model: the unsharded trace, less the shards
-        if prepare is None:
+    except Exception as exc:  # torch could not shard or step this model: the unsharded trace, less the shards
+        if not shard:
             raise
-        notes.append(f"FSDP2 could not trace this model sharded ({type(exc).__name__}: {one_line(exc, 160)}): "
+        how = "ZeroRedundancyOptimizer" if zero_stage == 1 else "FSDP2"
+        notes.append(f"{how} could not trace this model sharded ({type(exc).__name__}: {one_line(exc, 160)}): "
                      "the peak on one GPU is an arithmetic estimate, the unsharded trace less (N-1)/N of the "
                      f"{_SHARDED[zero_stage]} bytes")
-        build["prepare"] = None
+        build.update(prepare=None, configure=as_on_cuda if cuda else None)
+        traced_sharded = False
         tracer, smallest, built_fake = _fake_built(spec, build, notes)
         shard_method = f"one rank of {shard} ({_STAGES[zero_stage]}): estimated arithmetically from the unsharded trace"
     # where affordable, the thorough contract check too: finite loss, gradients that are not all zero. The
     # tracer itself is compared where it ran the CPU's own kernels (no GPU attention, no sharding)
-    same_kernels = tracer.prepare is None and not (gpu_attention is not None and gpu_attention.used)
+    same_kernels = not traced_sharded and not (gpu_attention is not None and gpu_attention.used)
     fidelity, smallest = hold_to_real_steps(spec, seed, smallest, built_fake, contract=lambda: check_contract(spec),
                                             fake=tracer if same_kernels else None,
                                             configure=build["configure"] if same_kernels else None)
@@ -148,7 +155,24 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
     return step
 
 
-def _fake_built(spec: ModelSpec, build: dict, notes: list[str], fallback: bool = True) -> tuple[StepTracer, int, bool]:
+def _sharded_as(shard: int | None, zero_stage: int, shard_wrap: str, cuda: bool):
+    """(prepare, configure, method) for StepTracer: one rank of `shard` as ZeRO `zero_stage` runs it, the
+    optimizer as the device runs it."""
+    device = as_on_cuda if cuda else None
+    if not shard:
+        return None, device, None
+    if zero_stage == 1:
+        zero = sharding.optimizer_sharded(shard)
+        return None, (lambda opt: zero(as_on_cuda(opt))) if cuda else zero, (
+            f"one rank of {shard} under torch's ZeroRedundancyOptimizer ({_STAGES[1]}; the rank whose "
+            "partition holds the most parameter bytes) on a fake process group")
+    prepare = sharding.fully_sharded(shard, reshard_after_forward=zero_stage == 3, wrap=shard_wrap)
+    return prepare, device, (f"one rank of {shard} under FSDP2 (fully_shard, {_STAGES[zero_stage]}; units: "
+                             f"{sharding.WRAP_SAYS[shard_wrap]}) on a fake process group")
+
+
+def _fake_built(spec: ModelSpec, build: dict, notes: list[str], fallback: bool = True,
+                sharded: bool = False) -> tuple[StepTracer, int, bool]:
     """The tracer with model() and the optimizer built under FakeTensorMode, and the smallest batch that trains
     (2 where batch 1 cannot: BatchNorm). Where the model cannot be built or stepped that way, the note says
     so and it is built for real, as before, unless its parameters alone would not fit this host."""
@@ -157,7 +181,7 @@ def _fake_built(spec: ModelSpec, build: dict, notes: list[str], fallback: bool =
     except (BadInput, MemoryError):
         raise
     except Exception as exc:  # a ProbeFailed from the trace, or the user's model() failing under the fake mode
-        if build.get("prepare") is not None:
+        if sharded:
             raise  # sharding failed: the caller estimates the shards instead
         if not fallback:
             raise ProbeFailed(f"{spec.path}: not traceable with the model built under FakeTensorMode: "
@@ -209,23 +233,28 @@ def _parameter_bytes(spec: ModelSpec) -> int | None:
         return None
 
 
-def model_state_bytes(tracer: StepTracer, parameters: bool = True) -> int:
-    """The gradients of the trained parameters and the optimizer's state, as the trace holds them, and the
-    parameters themselves unless `parameters` is False."""
+def model_state_bytes(tracer: StepTracer, stage: int = 3) -> int:
+    """What ZeRO `stage` shards, as the trace holds it: the optimizer's state (1), the trained parameters'
+    gradients too (2), and the parameters themselves (3)."""
     from advisor.memory.trace import optimizer_state
 
-    params = list(tracer.model.parameters())
     states = sum(t.numel() * t.element_size() for t in optimizer_state(tracer.opt))
-    grads = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
-    return states + grads + (sum(p.numel() * p.element_size() for p in params) if parameters else 0)
+    params = sum(p.numel() * p.element_size() for p in tracer.model.parameters())
+    return states + (gradient_bytes(tracer) if stage >= 2 else 0) + (params if stage == 3 else 0)
 
 
-def as_on_cuda(opt: torch.optim.Optimizer) -> None:
+def gradient_bytes(tracer: StepTracer) -> int:
+    """The bytes of the gradients of every parameter that takes one."""
+    return sum(p.numel() * p.element_size() for p in tracer.model.parameters() if p.requires_grad)
+
+
+def as_on_cuda(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """The optimizer as torch runs it on CUDA: the foreach implementation where the file leaves foreach unset."""
     for group in opt.param_groups:
         if "foreach" in group and group["foreach"] is None and not group.get("fused") \
                 and not group.get("differentiable"):
             group["foreach"] = True
+    return opt
 
 
 class _fresh:

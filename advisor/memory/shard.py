@@ -1,4 +1,4 @@
-"""`--shard N`: the peak on one GPU of N under full sharding (FSDP / ZeRO-3), traced, not computed by hand.
+"""`--shard N`: the peak on one GPU of N under sharded training (FSDP / ZeRO), traced, not computed by hand.
 
 The fake model is wrapped with torch's own FSDP2 (`fully_shard`) under a fake process group (torch's
 `FakeStore` and "fake" backend: collectives return at once, nothing is sent), as torch's FSDPMemTracker
@@ -13,6 +13,12 @@ to the backward (FSDP2 never reshards its root after the forward); "torchtitan",
 embeddings as a unit of their own and the final norm with the head as another, which stays gathered after
 the forward (torchtitan's `apply_fsdp` by default); "all", the same units, every one resharded after its
 forward, head too (torchtitan's "always"; DeepSpeed's ZeRO-3 releases each module's parameters after use).
+
+ZeRO-1 (`optimizer_sharded`) shards the optimizer state alone: the parameters and gradients stay whole on
+every rank, and torch's own ZeroRedundancyOptimizer gives each rank the state of its partition of the
+parameters (whole tensors, assigned largest first to the least-loaded rank). The trace runs as the rank
+whose partition holds the most bytes, the GPU that fills first.
+
 The process group is this process's default group, made for the trace and destroyed by `release()`.
 """
 
@@ -32,28 +38,34 @@ WRAP_SAYS = {"layers": "each block, and the root holding the rest (gathered from
              "all": "the input embeddings, each block, the final norm with the head and the root, every one "
                     "resharded after its forward (torchtitan's 'always'; as ZeRO-3 releases parameters)"}
 
-_world: int | None = None  # the world size of the fake process group this module made, if any
+_group: tuple[int, int] | None = None  # (world size, rank) of the fake process group this module made, if any
+
+
+def fake_group(world: int, rank: int = 0) -> None:
+    """Make this process rank `rank` of a fake process group of `world` ranks (collectives return at once)."""
+    global _group
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if _group != (world, rank):
+        release()
+        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+        _group = (world, rank)
 
 
 def mesh(world: int):
     """A one-dimensional device mesh over a fake process group of `world` ranks (this process is rank 0)."""
-    global _world
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    if _world != world:
-        release()
-        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
-        _world = world
+    fake_group(world)
     return init_device_mesh("cpu", (world,))
 
 
 def release() -> None:
     """Destroy the fake process group, if this module made one (never a real job's)."""
-    global _world
-    if _world is not None and dist.is_initialized():
+    global _group
+    if _group is not None and dist.is_initialized():
         dist.destroy_process_group()
-    _world = None
+    _group = None
 
 
 def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -112,3 +124,41 @@ def fully_sharded(world: int, reshard_after_forward: bool = True, wrap: str = "l
         return model
 
     return prepare
+
+
+def optimizer_sharded(world: int):
+    """A `configure(optimizer)` for StepTracer: the file's optimizer under torch's ZeroRedundancyOptimizer
+    (ZeRO-1) across `world` ranks, as the rank holding the most parameter bytes runs it."""
+    fake_group(world)  # made here, outside the trace's FakeTensorMode
+
+    def configure(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        zero = _zero_redundancy(opt)
+        heaviest = max(range(world), key=lambda rank: (partition_bytes(zero, rank), -rank))
+        if heaviest != dist.get_rank():
+            with unset_fake_temporarily():
+                fake_group(world, heaviest)
+            zero = _zero_redundancy(opt)
+        return zero
+
+    return configure
+
+
+def _zero_redundancy(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """`opt`'s parameter groups and settings, each rank stepping its partition with `opt`'s class."""
+    import inspect
+
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    accepts = inspect.signature(type(opt).__init__).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepts.values())
+    # defaults the constructor does not take (AdamW's decoupled_weight_decay) stay in each group's settings
+    settings = {k: v for k, v in opt.defaults.items() if takes_any or k in accepts}
+    groups = [dict(group) for group in opt.param_groups]
+    return ZeroRedundancyOptimizer(groups, optimizer_class=type(opt), **settings)
+
+
+def partition_bytes(zero, rank: int) -> int:
+    """The parameter bytes whose optimizer state `rank` holds under ZeroRedundancyOptimizer `zero`."""
+    return sum(p.numel() * p.element_size() for group in zero._partition_parameters()[rank] for p in group["params"])

@@ -17,6 +17,8 @@ second; every later micro-batch repeats the second's memory, so two give the pea
 
 import contextlib
 import math
+import sys
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -39,7 +41,8 @@ class StepTracer:
         """`batch_on_host`: the step holds the batch as `batch()` made it (CPU), so fake batches keep its
         layout; False where the step holds a copy on a device, one compact tensor each (CUDA, profiles).
         `prepare(model)`: applied to the fake model before its optimizer is built (sharding);
-        `configure(optimizer)`: applied to the optimizer once built (the implementation a device picks);
+        `configure(optimizer) -> optimizer`: applied to the optimizer once built, returning the one to step
+        (the implementation a device picks; ZeRO-1's wrapper);
         `around_step()`: a context manager entered around every traced step (an attention backend)."""
         self.spec, self.fake, self.built_fake, self.prepare = spec, fake, fake and build_fake, prepare
         self.around_step = around_step or contextlib.nullcontext
@@ -59,8 +62,8 @@ class StepTracer:
                 self.model = prepare(self.model)
         with self.mode if fake else contextlib.nullcontext():
             self.opt = spec.optimizer(self.model)
-        if configure is not None:
-            configure(self.opt)
+            if configure is not None:  # under the mode: a wrapping optimizer may make state as it is built
+                self.opt = configure(self.opt)
         self._traced_peaks: dict[int, tuple[int, int]] = {}  # fake traces: batch -> (peak, rounded peak)
         self.peak_rounded = 0  # the last peak asked for, each allocation rounded up as CUDA's allocator does
         self.tracker = LiveStorageTracker()
@@ -133,6 +136,11 @@ class StepTracer:
         if self.mode is not None:
             stack.enter_context(as_real_training())
             stack.enter_context(self.mode)
+        if self.prepare is not None:
+            # FSDP2 warns of every wrapped module that returns a view (a Linear on 3-d input does) that an
+            # in-place op on it would skip a gather: advice for a real run, noise around a trace
+            stack.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
         stack.enter_context(self.tracker)
         return stack
 
@@ -167,6 +175,9 @@ def accumulated_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn
 
 
 def optimizer_state(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    zero = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")  # not imported: not one of its
+    if zero is not None and isinstance(opt, zero.ZeroRedundancyOptimizer):  # ZeRO-1: the rank's local optimizer
+        opt = opt.optim
     return [t for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
 
 
