@@ -17,6 +17,7 @@ from advisor.hardware.profiles import load
 from advisor.memory.attention import GpuAttention, gpu_backend
 from advisor.memory.cuda_overheads import DEFAULT_WORKSPACE, HOPPER_WORKSPACE, cublas_workspace, device_terms
 from advisor.memory.fidelity import hold_to_real_steps
+from advisor.memory.profiled import trace_for_profile
 from advisor.probes.max_batch import CONFIRMED_ON_CPU, find_max_batch
 from advisor.memory.shard import fully_sharded, optimizer_sharded, partition_bytes, release
 from advisor.memory.trace import StepTracer, optimizer_state
@@ -241,17 +242,37 @@ def test_zero_stage_2_keeps_each_layers_parameters_gathered_between_its_forward_
     assert doc["zero_stage"] == 2 and "ZeRO-2" in doc["method"] and doc["traced_peak_bytes"] == peaks[2]
 
 
-def test_zero_stage_1_shards_the_optimizer_state_alone_and_its_fake_trace_equals_real_steps(write_model):
-    """ZeRO-1 through torch's ZeroRedundancyOptimizer on a fake process group: real CPU tensors step through
-    it too (the fake backend's collectives return at once), so the fake-built trace is held to real steps."""
+@pytest.mark.parametrize("stage,wrap", [(3, "layers"), (3, "all"), (2, "torchtitan"), (1, None)])
+def test_a_sharded_fake_trace_equals_real_cpu_steps_through_the_same_fake_process_group(write_model, stage, wrap):
+    """Real CPU tensors step through FSDP2 and ZeroRedundancyOptimizer on the fake process group too (its
+    collectives return at once; a gather's output is left as allocated), so the fake-built sharded trace is
+    held to real steps, to the byte, at two batch sizes; `check` does the same wherever real steps are cheap."""
+    spec = load_spec(write_model(BLOCKS))
+    n = 4
+
+    def sharding():
+        if stage == 1:
+            return dict(configure=optimizer_sharded(n))
+        return dict(prepare=fully_sharded(n, reshard_after_forward=stage == 3, wrap=wrap))
+
+    try:
+        for batch in (2, 5):
+            real = StepTracer(spec, fake=False, **sharding()).peak(batch)
+            assert StepTracer(spec, build_fake=True, **sharding()).peak(batch) == real
+        step = trace_for_profile(spec, load("a100-sxm-40gb"), shard=n, zero_stage=stage, shard_wrap=wrap or "layers")
+        assert step.fidelity.checked and step.fidelity.exact, step.fidelity.describe()
+    finally:
+        release()
+
+
+def test_zero_stage_1_shards_the_optimizer_state_alone(write_model):
+    """ZeRO-1 through torch's ZeroRedundancyOptimizer: what moves against the unsharded step is the
+    optimizer's state (and its per-tensor temporaries); DDP's buckets are a term of their own."""
     path = write_model(BLOCKS)
     spec = load_spec(path)
     n = 4
     try:
-        for batch in (2, 5):
-            real = StepTracer(spec, fake=False, configure=optimizer_sharded(n)).peak(batch)
-            zero = StepTracer(spec, build_fake=True, configure=optimizer_sharded(n))
-            assert zero.peak(batch) == real
+        zero = StepTracer(spec, build_fake=True, configure=optimizer_sharded(n))
         whole = StepTracer(spec, build_fake=True)
         unsharded = whole.peak(2)
         rank_state, all_state = (sum(t.numel() * t.element_size() for t in optimizer_state(tracer.opt))

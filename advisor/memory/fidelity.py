@@ -56,21 +56,24 @@ def real_step_limit() -> int:
 
 def hold_to_real_steps(spec: ModelSpec, seed: int, smallest: int, build_fake: bool,
                        contract: Callable[[], int] | None = None, fake: StepTracer | None = None,
-                       configure: Callable | None = None) -> tuple[Fidelity, int]:
+                       configure: Callable | None = None, prepare: Callable | None = None,
+                       built_bytes: int = 0) -> tuple[Fidelity, int]:
     """The fake trace (CPU kernels, compact batches) against real CPU steps at the smallest batch and twice
     it, when a real step at twice it is affordable here; `contract()`, the real contract check, runs first
     and says the smallest batch that trains. `fake`: a tracer already built that runs the CPU's kernels (else
-    one is built); `configure`: what was applied to its optimizer, applied to the real one too. Returns the
+    one is built); `prepare` and `configure`: what was applied to its model (sharding: real tensors step
+    through a fake process group too) and optimizer, applied to the real ones too; `built_bytes`: what
+    building the real model holds beyond the traced step (a sharded model is built whole). Returns the
     comparison (or why none ran) and the smallest batch."""
     if fake is None:
         fake = StepTracer(spec, fake=True, seed=seed, smallest=smallest, build_fake=build_fake, batch_on_host=False)
-    cost, limit = fake.peak(2 * smallest), real_step_limit()
+    cost, limit = fake.peak(2 * smallest) + built_bytes, real_step_limit()
     if cost > limit:
         return Fidelity(skipped=f"a step at batch {2 * smallest} holds {format_bytes(cost)} as traced, more than "
                                 f"the {format_bytes(limit)} a check spends on real steps here"), smallest
     if contract is not None:
         smallest = contract()
-    real = StepTracer(spec, fake=False, seed=seed, smallest=smallest, configure=configure)
+    real = StepTracer(spec, fake=False, seed=seed, smallest=smallest, configure=configure, prepare=prepare)
     points = {}
     host = [where is not None for where in fake.layout]
     for size in (smallest, 2 * smallest):

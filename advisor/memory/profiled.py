@@ -115,7 +115,7 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
     prepare, configure, shard_method = _sharded_as(shard, zero_stage, shard_wrap, cuda)
     build = dict(seed=seed, batch_on_host=False, prepare=prepare, configure=configure,
                  around_step=(lambda: _fresh(gpu_attention)) if gpu_attention else None)
-    traced_sharded = bool(shard)
+    traced_sharded = bool(shard)  # False where torch could not shard it and the estimate is arithmetic
     try:
         tracer, smallest, built_fake = _fake_built(spec, build, notes, sharded=traced_sharded)
     except (BadInput, MemoryError):
@@ -132,11 +132,19 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
         tracer, smallest, built_fake = _fake_built(spec, build, notes)
         shard_method = f"one rank of {shard} ({_STAGES[zero_stage]}): estimated arithmetically from the unsharded trace"
     # where affordable, the thorough contract check too: finite loss, gradients that are not all zero. The
-    # tracer itself is compared where it ran the CPU's own kernels (no GPU attention, no sharding)
-    same_kernels = not traced_sharded and not (gpu_attention is not None and gpu_attention.used)
-    fidelity, smallest = hold_to_real_steps(spec, seed, smallest, built_fake, contract=lambda: check_contract(spec),
-                                            fake=tracer if same_kernels else None,
-                                            configure=build["configure"] if same_kernels else None)
+    # tracer itself is compared where it ran the CPU's own kernels (no GPU attention); sharded, real tensors
+    # step through the same fake process group
+    same_kernels = not (gpu_attention is not None and gpu_attention.used)
+    try:
+        fidelity, smallest = hold_to_real_steps(
+            spec, seed, smallest, built_fake, contract=lambda: check_contract(spec),
+            fake=tracer if same_kernels else None, configure=build["configure"] if same_kernels else None,
+            prepare=build["prepare"] if same_kernels else None,
+            built_bytes=(_parameter_bytes(spec) or 0) if traced_sharded else 0)
+    except ProbeFailed as exc:  # the contract passed; real tensors could not step through the sharded set-up
+        if not traced_sharded:
+            raise
+        fidelity = Fidelity(skipped=f"real CPU steps could not run sharded ({one_line(exc, 160)})")
     if fidelity.checked:
         if not fidelity.exact and any(real > fake for fake, real in fidelity.points.values()):
             notes.append(f"the fake trace held less than real CPU steps ({fidelity.describe()}): every traced "

@@ -58,7 +58,7 @@ class StepTracer:
         self.mode = FakeTensorMode(allow_non_fake_inputs=False) if fake else None
         self.model = self._build_model()
         if prepare is not None:
-            with self.mode:
+            with self.mode if fake else contextlib.nullcontext():
                 self.model = prepare(self.model)
         with self.mode if fake else contextlib.nullcontext():
             self.opt = spec.optimizer(self.model)
