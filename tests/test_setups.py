@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 DTYPE = torch.float32
 CHECKPOINT = None   # None, "reentrant", "non-reentrant"
+CONVERT = None      # what model() does to the model it built (m.to(dtype), m.half(), ...)
 LORA = False
 BLOCKS = 1
 
@@ -63,7 +64,7 @@ class M(nn.Module):
         return s.head(h).float()
 
 def model():
-    return M()
+    return CONVERT(M()) if CONVERT else M()
 
 def batch(n):
     r = torch.randint(0, 64, (n, 17)); return r[:, :-1], r[:, 1:]
@@ -116,6 +117,7 @@ def traced(spec, size, **kw):
 
 VARIANTS = {
     "bf16-weights": "DTYPE = torch.bfloat16",
+    "converted-in-model": "CONVERT = lambda m: m.to(torch.bfloat16)",  # Module.to swaps fake parameters
     "autocast-bf16": "AUTOCAST = torch.bfloat16",
     "checkpoint-non-reentrant": "CHECKPOINT = 'non-reentrant'",
     "checkpoint-reentrant": "CHECKPOINT = 'reentrant'",
@@ -136,6 +138,17 @@ def test_setup_traced_as_real_steps_run(write_model, name):
     assert traced_peaks(spec, [2, 5]) == real_peaks(spec, [2, 5])
 
 
+def test_a_model_converted_in_model_is_built_fake_by_check(write_model):
+    """`model()` returning `M().to(torch.bfloat16)` (or .half()): torch swaps each fake parameter for its
+    converted twin, which the fake mode's own weak references used to refuse, so check fell back or failed."""
+    result = CliRunner().invoke(app, ["check", str(write_model(variant("converted-in-model"))), "--profile",
+                                      "t4-16gb", "--batch-size", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert "model and optimizer built fake" in doc["method"]
+    assert not any("could not be built" in note for note in doc["notes"])
+
+
 def test_each_setup_changes_the_peak_it_should(write_model):
     """Not a no-op: each set-up moves the peak the way it moves real memory (four blocks: checkpointing
     pays where there is more than one block to recompute)."""
@@ -151,7 +164,8 @@ def test_each_setup_changes_the_peak_it_should(write_model):
 
 
 def test_eval_mode_model_is_traced_in_training_mode_with_a_note(write_model):
-    source = BLOCK.replace("def model():\n    return M()", "def model():\n    return M().eval()")
+    source = BLOCK.replace("CONVERT = None ", "CONVERT = lambda m: m.eval() ")
+    assert source != BLOCK
     spec = load_spec(write_model(source))
     train_truth = real_peak(spec, 64)  # spec.model() puts it in training mode, as every probe must
     assert traced(spec, 64) == train_truth

@@ -6,6 +6,12 @@ B x 1 x L x L causal mask that real training skips (it lets SDPA apply `is_causa
 and on a GPU profile a masked attention kernel where the real step runs flash. While a step is traced, that
 check answers False; the value it then reads (`padding_mask.all()`) is the fake trace's stand-in value
 (advisor/memory/fake_kernels.py), true, as an unpadded batch's is.
+
+torch itself: `Module.to(dtype)` (`.half()`, `.bfloat16()`) swaps each fake parameter for its converted twin
+with `torch.utils.swap_tensors`, which refuses a tensor anything holds a weak reference to, and the fake
+mode's memo holds one to every tensor it made. So a model file that converts its model in `model()` could
+not be built fake. While it is built, the memo forgets the two tensors a swap exchanges (the memo maps a
+tensor's description to the fake made for it, which the swap makes wrong anyway).
 """
 
 import contextlib
@@ -25,3 +31,24 @@ def as_real_training():
         yield
     finally:
         utils.is_fake_tensor = original
+
+
+@contextlib.contextmanager
+def convertible_fake_parameters(mode):
+    """Within: `Module.to(dtype)` converts the fake parameters `mode` made, as it converts real ones."""
+    import torch
+
+    original = torch.utils.swap_tensors
+    memo = mode.fake_tensor_converter.meta_converter.tensor_memo
+
+    def swap_tensors(t1, t2):
+        for key, value in list(memo.items()):
+            if value is t1 or value is t2:
+                del memo[key]
+        return original(t1, t2)
+
+    torch.utils.swap_tensors = swap_tensors
+    try:
+        yield
+    finally:
+        torch.utils.swap_tensors = original
