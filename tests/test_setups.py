@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from typer.testing import CliRunner
 
 from advisor.cli import app
@@ -147,6 +148,66 @@ def test_a_model_converted_in_model_is_built_fake_by_check(write_model):
     doc = json.loads(result.stdout)
     assert "model and optimizer built fake" in doc["method"]
     assert not any("could not be built" in note for note in doc["notes"])
+
+
+SMALL = """
+import copy
+import torch
+import torch.nn as nn
+
+class M(nn.Module):
+    def __init__(s):
+        super().__init__(); s.e = nn.Embedding(64, 32); s.c = nn.Conv1d(32, 32, 3, padding=1)
+        s.n = nn.LayerNorm(32); s.h = nn.Linear(32, 64)
+    def forward(s, x):
+        h = s.c(s.e(x).transpose(1, 2)).transpose(1, 2)
+        return s.h(s.n(h)).float()
+
+def batch(n):
+    r = torch.randint(0, 64, (n, 9)); return r[:, :-1], r[:, 1:]
+
+def loss(m, b):
+    x, y = b; return nn.functional.cross_entropy(m(x).reshape(-1, 64), y.reshape(-1))
+
+def init(module):
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02); nn.init.zeros_(module.bias)
+
+def from_meta():
+    with torch.device("meta"):
+        m = M()
+    m = m.to_empty(device="cpu")
+    for module in m.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return m
+
+def tied(m):
+    m.h.weight = m.e.weight
+    return m
+
+SAVED = M().state_dict()
+"""
+
+BUILDS = {  # what model() returns: the ways model files build, convert and load a model
+    "to-dtype-and-device": "M().to('cpu', torch.bfloat16)",
+    "half-then-float": "M().half().float()",
+    "double": "M().double()",
+    "apply-init": "M().apply(init)",
+    "tied-weights": "tied(M())",
+    "weight-norm": "(lambda m: setattr(m, 'h', nn.utils.parametrizations.weight_norm(m.h)) or m)(M())",
+    "loaded-state-dict": "(lambda m: m.load_state_dict(SAVED) and m)(M())",
+    "deepcopy": "copy.deepcopy(M())",
+    "meta-then-to-empty": "from_meta()",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_model_files_build_as_they_do_and_are_traced_fake_as_real_steps_run(write_model, name):
+    spec = load_spec(write_model(f"{SMALL}\ndef model():\n    return {BUILDS[name]}\n"))
+    FakeTensorMode.cache_clear()  # as a fresh process starts: whether torch's swap met a weak reference
+    # depended on what the class-wide dispatch cache already held
+    assert traced_peaks(spec, [2, 5]) == real_peaks(spec, [2, 5])
 
 
 def test_each_setup_changes_the_peak_it_should(write_model):

@@ -11,7 +11,9 @@ torch itself: `Module.to(dtype)` (`.half()`, `.bfloat16()`) swaps each fake para
 with `torch.utils.swap_tensors`, which refuses a tensor anything holds a weak reference to, and the fake
 mode's memo holds one to every tensor it made. So a model file that converts its model in `model()` could
 not be built fake. While it is built, the memo forgets the two tensors a swap exchanges (the memo maps a
-tensor's description to the fake made for it, which the swap makes wrong anyway).
+tensor's description to the fake made for it, which the swap makes wrong anyway). And `copy.deepcopy` of a
+fake module reads each tensor's data pointer, for which torch warns that the code "is almost definitely a
+bug": true of a fake tensor, not of the file, so that warning stays quiet while it is built.
 """
 
 import contextlib
@@ -34,8 +36,11 @@ def as_real_training():
 
 
 @contextlib.contextmanager
-def convertible_fake_parameters(mode):
-    """Within: `Module.to(dtype)` converts the fake parameters `mode` made, as it converts real ones."""
+def as_real_construction(mode):
+    """Within: `model()` builds under the fake `mode` as it builds real tensors: `Module.to(dtype)` converts
+    the fake parameters `mode` made, and torch's warning on a fake tensor's data pointer stays quiet."""
+    import warnings
+
     import torch
 
     original = torch.utils.swap_tensors
@@ -49,6 +54,8 @@ def convertible_fake_parameters(mode):
 
     torch.utils.swap_tensors = swap_tensors
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
+            yield
     finally:
         torch.utils.swap_tensors = original

@@ -32,7 +32,7 @@ from advisor.memory import shard as sharding
 from advisor.memory.attention import BACKENDS, GpuAttention
 from advisor.memory.cuda_overheads import Term, budget_terms, device_terms
 from advisor.memory.fidelity import Fidelity, hold_to_real_steps
-from advisor.memory.library_shims import convertible_fake_parameters
+from advisor.memory.library_shims import as_real_construction
 from advisor.memory.trace import StepTracer
 from advisor.hardware.host import host_available_bytes
 from advisor.hardware.profiles import compute_capability
@@ -236,7 +236,7 @@ def _parameter_bytes(spec: ModelSpec) -> int | None:
     """The model's parameter and buffer bytes, built under a FakeTensorMode of its own; None if it cannot be."""
     try:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
-        with mode, convertible_fake_parameters(mode):
+        with mode, as_real_construction(mode):
             model = spec.model()
         return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     except Exception:  # noqa: BLE001 -- then nothing is known about its size

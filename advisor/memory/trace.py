@@ -25,7 +25,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from advisor.errors import BadInput, ProbeFailed
-from advisor.memory.library_shims import as_real_training, convertible_fake_parameters
+from advisor.memory.library_shims import as_real_training, as_real_construction
 from advisor.memory.shapes import batch_shapes
 from advisor.memory.tracker import LiveStorageTracker
 from advisor.spec import ModelSpec, one_line
@@ -83,7 +83,7 @@ class StepTracer:
             return model
         self.mode.allow_non_fake_inputs = True  # a real tensor the file copies in (a checkpoint) becomes fake
         try:
-            with self.mode, convertible_fake_parameters(self.mode):
+            with self.mode, as_real_construction(self.mode):
                 model = self.spec.model()
         finally:
             self.mode.allow_non_fake_inputs = False
