@@ -43,6 +43,17 @@ _DEVICE_MARKERS = ("cuda error", "cublas_status", "cudnn_status", "cusolver_stat
                    "device-side assert")
 
 
+_MISSING_DEVICE_MARKERS = ("not compiled with cuda", "not linked with support for", "no cuda gpus are available",
+                           "found no nvidia driver", "mps backend is not available", "not compiled with mps",
+                           "from the 'cuda' backend", "from the 'mps' backend", "from the 'xpu' backend")
+
+
+def is_missing_device(exc: BaseException) -> bool:
+    """Whether `exc` says the code asked for a device this torch or this machine does not have (`.cuda()`)."""
+    return isinstance(exc, (RuntimeError, AssertionError, NotImplementedError)) and \
+        any(m in one_line(exc, None).lower() for m in _MISSING_DEVICE_MARKERS)
+
+
 def is_device_error(exc: BaseException) -> bool:
     """Whether `exc` is a device failure other than out-of-memory: not retried, reported (exit 4)."""
     if is_out_of_memory(exc):

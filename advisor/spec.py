@@ -19,7 +19,7 @@ from typing import Any, Callable, ContextManager
 import torch
 
 from advisor.errors import AdvisorError, BadInput, one_line, raised  # noqa: F401 -- one_line: trace.py's too
-from advisor.failures import is_device_error, is_out_of_memory
+from advisor.failures import is_device_error, is_missing_device, is_out_of_memory
 from advisor.step import batch_size_of, default_loss, tensors_in
 from advisor.watchdog import beat
 
@@ -111,7 +111,9 @@ class ModelSpec:
         except BaseException as exc:  # the user's code: any failure is bad input, reported in one line
             if what.startswith(("batch(", "max_shape_batch(")) and is_out_of_memory(exc):
                 raise  # a batch that does not fit: the probes recover (try_step), the contract check says so
-            raise self.fail(f"{what} {raised(exc)}") from None
+            hint = (" (the file builds on the CPU: bsadvisor moves the model and batches to the device it "
+                    "measures)") if is_missing_device(exc) else ""
+            raise self.fail(f"{what} {raised(exc)}{hint}") from None
 
 
 class CheckedLoss:

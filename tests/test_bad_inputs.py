@@ -148,6 +148,23 @@ def test_bad_model_file_other_commands(tmp_path, command, case):
     assert_one_line_error(run_cli(command, path, *flags), 2, str(path), *fragments)
 
 
+ELSEWHERE = {  # a model file written for a device the runner lacks: model() or batch() puts tensors there
+    "model-to-mps": "def model():\n    return torch.nn.Linear(4, 3).to('mps')\n",
+    "batch-on-mps": "def batch(n):\n    return torch.randn(n, 4, device='mps'), torch.randint(0, 3, (n,), device='mps')\n",
+    "model-cuda": "def model():\n    return torch.nn.Linear(4, 3).cuda()\n",
+}
+
+
+@pytest.mark.parametrize("command", [["check", "--profile", "t4-16gb", "--batch-size", "2"], ["max-batch", *FAST[:2]]])
+@pytest.mark.parametrize("case", sorted(ELSEWHERE))
+def test_a_file_that_builds_on_a_device_this_machine_lacks_is_told_the_contract(tmp_path, command, case):
+    if "cuda" in case and torch.cuda.is_available() or "mps" in case and torch.backends.mps.is_available():
+        pytest.skip("the device exists here")
+    path = _write(tmp_path, ELSEWHERE[case])
+    result = run_cli(command[0], path, *command[1:])
+    assert_one_line_error(result, 2, str(path), "the file builds on the CPU")
+
+
 LATE = """
 def loss(m, b):
     x, y = b
