@@ -11,7 +11,8 @@ before the Trainer exists: the arguments come back with `per_device_train_batch_
 train copies of the model (in training mode, whatever mode from_pretrained left it in) on examples drawn
 from `train_dataset` and collated by `data_collator`, as the Trainer would, with the Trainer's optimizer
 settings (AdamW: the arguments' rate, betas, epsilon, weight decay) and its mixed precision (bf16, fp16).
-The dataset's examples must be what the model takes (tokenized, model columns only).
+The dataset's examples must be what the model takes (tokenized, model columns only). The Trainer ramps
+`warmup_steps` from 0, where the advice ramps from the base rate: over the same steps, a gentler ramp.
 """
 
 from __future__ import annotations
