@@ -16,9 +16,10 @@ cannot make a batch that does not train look as if it fits.
 from dataclasses import dataclass, field
 from typing import Callable
 
+from advisor.errors import BadInput, ProbeFailed
 from advisor.hardware.host import host_available_bytes
 from advisor.memory.trace import StepTracer
-from advisor.spec import ModelSpec
+from advisor.spec import ModelSpec, one_line
 from advisor.units import format_bytes
 
 REAL_STEP_LIMIT = 2**30  # a real check step on the host holds at most this (and a quarter of what is available)
@@ -27,7 +28,8 @@ REAL_STEP_LIMIT = 2**30  # a real check step on the host holds at most this (and
 @dataclass(frozen=True)
 class Fidelity:
     points: dict[int, tuple[int, int]] = field(default_factory=dict)  # batch -> (fake peak, real peak)
-    skipped: str | None = None  # why no real step ran
+    skipped: str | None = None  # why no comparison ran
+    contract_ran: bool = False  # the real contract check ran (finite loss, gradients), compared or not
 
     @property
     def checked(self) -> bool:
@@ -57,14 +59,16 @@ def real_step_limit() -> int:
 def hold_to_real_steps(spec: ModelSpec, seed: int, smallest: int, build_fake: bool,
                        contract: Callable[[], int] | None = None, fake: StepTracer | None = None,
                        configure: Callable | None = None, prepare: Callable | None = None,
-                       built_bytes: int = 0) -> tuple[Fidelity, int]:
+                       built_bytes: int = 0, sharded: bool = False) -> tuple[Fidelity, int]:
     """The fake trace (CPU kernels, compact batches) against real CPU steps at the smallest batch and twice
     it, when a real step at twice it is affordable here; `contract()`, the real contract check, runs first
     and says the smallest batch that trains. `fake`: a tracer already built that runs the CPU's kernels (else
     one is built); `prepare` and `configure`: what was applied to its model (sharding: real tensors step
     through a fake process group too) and optimizer, applied to the real ones too; `built_bytes`: what
-    building the real model holds beyond the traced step (a sharded model is built whole). Returns the
-    comparison (or why none ran) and the smallest batch."""
+    building the real model holds beyond the traced step (a sharded model is built whole). `sharded`: a
+    real step that fails is the sharded set-up's, not the file's (a gather on the fake process group leaves
+    its output as allocated, so a model that checks its values may stop): the comparison is skipped. Returns
+    the comparison (or why none ran) and the smallest batch."""
     if fake is None:
         fake = StepTracer(spec, fake=True, seed=seed, smallest=smallest, build_fake=build_fake, batch_on_host=False)
     cost, limit = fake.peak(2 * smallest) + built_bytes, real_step_limit()
@@ -73,7 +77,18 @@ def hold_to_real_steps(spec: ModelSpec, seed: int, smallest: int, build_fake: bo
                                 f"the {format_bytes(limit)} a check spends on real steps here"), smallest
     if contract is not None:
         smallest = contract()
-    real = StepTracer(spec, fake=False, seed=seed, smallest=smallest, configure=configure, prepare=prepare)
+    try:
+        real = StepTracer(spec, fake=False, seed=seed, smallest=smallest, configure=configure, prepare=prepare)
+        return Fidelity(_compared(spec, fake, real, smallest), contract_ran=True), smallest
+    except (ProbeFailed, BadInput) as exc:
+        if not sharded:
+            raise
+        return Fidelity(skipped=f"real CPU steps could not run sharded ({one_line(exc, 160)})",
+                        contract_ran=True), smallest
+
+
+def _compared(spec: ModelSpec, fake: StepTracer, real: StepTracer, smallest: int) -> dict[int, tuple[int, int]]:
+    """(fake peak, real peak) at the smallest batch and twice it, each side holding the batch alike."""
     points = {}
     host = [where is not None for where in fake.layout]
     for size in (smallest, 2 * smallest):
@@ -84,7 +99,7 @@ def hold_to_real_steps(spec: ModelSpec, seed: int, smallest: int, build_fake: bo
             points[size] = (fake.peak(size), real.peak(size))
         else:  # one compact copy a tensor, as a device holds it
             points[size] = (fake.peak(size), real.peak_like(spec.batch(size)))
-    return Fidelity(points), smallest
+    return points
 
 
 class Corrected:

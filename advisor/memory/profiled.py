@@ -136,24 +136,13 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
     # tracer itself is compared where it ran the CPU's own kernels (no GPU attention); sharded, real tensors
     # step through the same fake process group
     same_kernels = not (gpu_attention is not None and gpu_attention.used)
-    try:
-        fidelity, smallest = hold_to_real_steps(
-            spec, seed, smallest, built_fake, contract=lambda: check_contract(spec),
-            fake=tracer if same_kernels else None, configure=build["configure"] if same_kernels else None,
-            prepare=build["prepare"] if same_kernels else None,
-            built_bytes=(_parameter_bytes(spec) or 0) if traced_sharded else 0)
-    except ProbeFailed as exc:  # the contract passed; real tensors could not step through the sharded set-up
-        if not traced_sharded:
-            raise
-        fidelity = Fidelity(skipped=f"real CPU steps could not run sharded ({one_line(exc, 160)})")
-    if fidelity.checked:
-        if not fidelity.exact and any(real > fake for fake, real in fidelity.points.values()):
-            notes.append(f"the fake trace held less than real CPU steps ({fidelity.describe()}): every traced "
-                         "peak is corrected by the gap, fitted as a line in the batch size (a term of its own)")
-    else:
-        notes.append(f"model(), the optimizer and the contract check ran under FakeTensorMode (nothing the size of "
-                     f"the model was allocated here); not compared with real CPU steps: {fidelity.skipped}, so the "
-                     "loss's finiteness and its gradients' values are unchecked")
+    sharded = traced_sharded and same_kernels  # real steps through the sharded set-up: the model is built whole
+    fidelity, smallest = hold_to_real_steps(
+        spec, seed, smallest, built_fake, contract=lambda: check_contract(spec),
+        fake=tracer if same_kernels else None, configure=build["configure"] if same_kernels else None,
+        prepare=build["prepare"] if same_kernels else None, sharded=sharded,
+        built_bytes=(_parameter_bytes(spec) or 0) if sharded else 0)
+    notes += _fidelity_notes(fidelity)
     if tracer.tracker.stand_ins:
         notes.append("the step reads values from tensors (.item(): an optimizer's step count?), which a fake trace "
                      "does not have: 1 stood in for each")
@@ -162,6 +151,21 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
         notes.append(f"attention traced as {profile['name']} would run it: {gpu_attention.describe()} "
                      f"({'--attention or the profile' if backend != 'auto' else 'chosen by compute capability, dtype and head size'})")
     return step
+
+
+def _fidelity_notes(fidelity: Fidelity) -> list[str]:
+    """What the comparison with real CPU steps found, or why there was none."""
+    if fidelity.checked:
+        if not fidelity.exact and any(real > fake for fake, real in fidelity.points.values()):
+            return [f"the fake trace held less than real CPU steps ({fidelity.describe()}): every traced peak is "
+                    "corrected by the gap, fitted as a line in the batch size (a term of its own)"]
+        return []
+    if fidelity.contract_ran:
+        return [f"the contract check ran real CPU steps, but the sharded trace was not compared with them: "
+                f"{fidelity.skipped}"]
+    return [f"model(), the optimizer and the contract check ran under FakeTensorMode (nothing the size of the model "
+            f"was allocated here); not compared with real CPU steps: {fidelity.skipped}, so the loss's finiteness "
+            "and its gradients' values are unchecked"]
 
 
 def _sharded_as(shard: int | None, zero_stage: int, shard_wrap: str, cuda: bool):
