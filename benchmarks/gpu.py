@@ -16,6 +16,11 @@
 4. **Beside a process holding half the card** (CUDA only): `bsadvisor max-batch --isolate --json`
    must read its budget from NVML, within the total less the other process's bytes, and its confirmed
    step must fit that budget.
+5. **The CI estimate against the card** (issue #12): `bsadvisor check`'s `peak_bytes` for a profile of
+   this GPU (`--profile`, default h200-sxm-141gb: traced on the CPU, model built fake, attention as
+   that GPU runs it, plus the allocator's rounding and the cuBLAS workspace) against one real step's
+   `max_memory_reserved` on the card, for the GPT, the CNN and TinyLlama-1.1B (2048 tokens, bf16, AdamW:
+   the 1B+ transformer); within 10% is the issue's bar.
 
 On the CPU, studies 1 and 2 compare the trace with real tracked steps (no allocator, no context),
 and study 4 is skipped.
@@ -43,6 +48,7 @@ from advisor.spec import check_contract, load_spec  # noqa: E402
 from advisor.units import format_bytes, parse_size  # noqa: E402
 
 GPT = common.MODELS["gpt_stdlib"]
+TINYLLAMA = common.REPO / "benchmarks" / "models" / "tinyllama.py"
 FULL = {"target": "1GiB", "budget": "2GiB", "recommend_flags": []}
 QUICK = {"target": "16MiB", "budget": "32MiB",
          "recommend_flags": ["--max-step-seconds", "0.05", "--noise-warmup-steps", "1"]}
@@ -129,6 +135,34 @@ def beside_half_the_card() -> dict:
         and confirmed["reserved_bytes"] + memory["context_bytes"] <= memory["budget_bytes"]}
 
 
+def estimate_against_card(name: str, path: Path, device: str, profile_name: str, target: int,
+                          batch: int | None = None) -> dict:
+    """check's estimate (no budget involved) and one real step's reserved bytes at the same batch."""
+    from advisor.hardware.profiles import load
+    from advisor.memory.profiled import trace_for_profile
+    from advisor.memory.trace import release_trace_caches
+
+    spec = load_spec(path)
+    with common.stopwatch() as took:
+        step = trace_for_profile(spec, load(profile_name))
+        if batch is None:
+            batch = max(step.smallest, largest_fitting_batch(step.peak, target, smallest=step.smallest).max_batch)
+        terms = {t.name: t.bytes for t in step.terms(batch) if t.name != "nccl_buffers"}
+    seconds = took()
+    release_trace_caches()
+    estimate = sum(terms.values())
+    backend = resolve_device(device)
+    real = RealSteps(spec, backend, smallest=step.smallest)
+    reserved = real.peak(batch)
+    allocated = None if real.peaks[batch] is None else real.peaks[batch].allocated
+    del real
+    backend.release_memory()
+    error = None if reserved is None else (estimate - reserved) / reserved
+    return {"model": name, "profile": profile_name, "batch": batch, "estimate_bytes": estimate, "terms": terms,
+            "trace_seconds": seconds, "reserved_bytes": reserved, "allocated_bytes": allocated, "error": error,
+            "within_10_percent": error is not None and abs(error) <= 0.10}
+
+
 def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.1%}"
 
@@ -167,6 +201,17 @@ def report(data: dict) -> str:
                         f"other's: {'yes' if half['respects_the_other'] else 'NO'}; max batch {half['max_batch']} "
                         f"after {half['real_steps']} real steps, its step fits the budget: "
                         f"{'yes' if half['confirmed_fits'] else 'NO'}.")
+    estimates = data.get("estimates") or []
+    if estimates:
+        out += ["", f"**The CI estimate against the card** (#12: `check`'s peak for profile {estimates[0]['profile']}, "
+                    "traced on the CPU, against one real step's max_memory_reserved; error = (estimate − reserved) / "
+                    "reserved):", ""]
+        out.append(common.table(
+            ["model", "batch", "estimate", "of which traced", "max_memory_reserved", "max_memory_allocated", "error",
+             "within 10%", "trace time"],
+            [[r["model"], r["batch"], size(r["estimate_bytes"]), size(r["terms"].get("traced_step")),
+              size(r["reserved_bytes"]), size(r["allocated_bytes"]), pct(r["error"]),
+              "yes" if r["within_10_percent"] else "NO", f"{r['trace_seconds']:.1f} s"] for r in estimates]))
     return "\n".join(out)
 
 
@@ -188,6 +233,7 @@ def main() -> None:
     ap = common.argument_parser(__doc__, "gpu", "tiny sizes and probes: checks the script, figures meaningless")
     ap.add_argument("--device", default="cuda", help="cuda (the point) or cpu (to check the script)")
     ap.add_argument("--models", default=",".join(common.MODELS))
+    ap.add_argument("--profile", default="h200-sxm-141gb", help="the profile of this GPU, for study 5")
     args = common.parse_arguments(ap)
     cfg = QUICK if args.quick else FULL
     if args.from_results:
@@ -202,8 +248,12 @@ def main() -> None:
         largest = [largest_batch(n, p, args.device, b) for b in budgets for n, p in models.items()]
         recommend = recommend_gpt(args.device, cfg["recommend_flags"])
         half = beside_half_the_card() if cuda else None
+        estimates = [estimate_against_card(n, p, args.device, args.profile, parse_size(cfg["target"]))
+                     for n, p in models.items()]
+        if not args.quick:  # the 1B+ transformer: batch 1, about 11 GiB (on a CPU, that many real bytes)
+            estimates.append(estimate_against_card("tinyllama_1b", TINYLLAMA, args.device, args.profile, 0, batch=1))
         data = {"machine": common.machine(), "command": common.command_line(), "config": cfg, "device": args.device,
-                "trace": trace, "largest": largest, "recommend": recommend, "half_card": half}
+                "trace": trace, "largest": largest, "recommend": recommend, "half_card": half, "estimates": estimates}
         common.save_results(common.results_name("gpu", args.quick), data)
     common.publish(args, "gpu", data, report(data), plot, "fake-mode trace against the allocator")
 
