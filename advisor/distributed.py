@@ -44,7 +44,10 @@ def launched_rank() -> bool:
 
 
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    """This process is a rank of a job: a process group is up, and not the fake one a sharded trace made."""
+    from advisor.memory import shard
+
+    return dist.is_available() and dist.is_initialized() and not shard.made_the_group()
 
 
 def world() -> int:

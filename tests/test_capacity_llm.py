@@ -483,6 +483,28 @@ def test_where_fsdp2_cannot_shard_the_model_the_estimate_is_arithmetic_and_says_
     assert "one rank of 4" in json.loads(result.stdout)["memory"]["method"]
 
 
+def test_the_fake_process_group_of_a_sharded_trace_is_not_taken_for_a_job(write_model):
+    """The trace's fake group stays up while max-batch and recommend use the tracer: the probes after it
+    must not see a distributed job (they wrapped the model in DDP over the fake group, and recommend
+    --shard failed in its throughput probe; max-batch --shard added DDP's buckets to an FSDP step)."""
+    from advisor import distributed
+
+    try:
+        fully_sharded(4)
+        assert torch.distributed.is_initialized() and not distributed.active() and distributed.world() == 1
+    finally:
+        release()
+    path = write_model(BLOCKS)
+    result = CliRunner().invoke(app, ["max-batch", str(path), "--profile", "a100-sxm-40gb", "--shard", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "DistributedDataParallel" not in json.loads(result.stdout)["memory"]["method"]
+    result = CliRunner().invoke(app, ["recommend", str(path), "--profile", "a100-sxm-40gb", "--shard", "4",
+                                      "--zero-stage", "1", "--no-lr-sweep", "--noise-budget", "20steps",
+                                      "--max-step-seconds", "0.05", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "ZeroRedundancyOptimizer" in json.loads(result.stdout)["memory"]["method"]
+
+
 def test_shard_needs_a_profile_and_two_or_more_gpus(write_model):
     path = write_model(BLOCKS)
     for args, fragment in ((["--profile", "t4-16gb", "--shard", "1"], "--shard"),

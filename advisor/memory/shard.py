@@ -60,6 +60,11 @@ def mesh(world: int):
     return init_device_mesh("cpu", (world,))
 
 
+def made_the_group() -> bool:
+    """The default process group is the fake one this module made for a trace (no job, no other rank)."""
+    return _group is not None and dist.is_initialized()
+
+
 def release() -> None:
     """Destroy the fake process group, if this module made one (never a real job's)."""
     global _group
