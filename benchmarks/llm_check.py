@@ -7,11 +7,11 @@
 1. `bsadvisor check MODEL --profile h100-sxm-80gb --batch-size 1 --json`, each in its own process under
    `/usr/bin/time -v` (wall time and peak resident memory of the whole command, interpreter start included),
    with the load average beside it: TinyLlama-1.1B and Llama-3-8B (full fine-tune, AdamW, bf16, 2048
-   tokens), Llama-3-8B with LoRA, Llama-3-8B with `--shard 8` (ZeRO-3, `--zero-stage 2` and `--zero-stage 1`), Llama-3-8B
-   with gradient checkpointing (with
-   and without `--shard 8`), the LoRA set-up torchtune publishes a peak for, and, where `transformers` is
-   installed, transformers' own LlamaForCausalLM built from a Llama-3-8B config and GPT-2 small against
-   a100-sxm-40gb (no download).
+   tokens), the same built in float32 and converted in `model()`, Llama-3-8B with LoRA, Llama-3-8B with
+   `--shard 8` (ZeRO-3, `--zero-stage 2` and `--zero-stage 1`, each `--shard-wrap`), Llama-3-8B with
+   gradient checkpointing (with and without `--shard 8`), the LoRA set-up torchtune publishes a peak for,
+   and, where `transformers` is installed, transformers' own LlamaForCausalLM built from a Llama-3-8B
+   config and GPT-2 small against a100-sxm-40gb (no download).
 2. Tracing cost: seconds a traced step takes against the operators it dispatches, for TinyLlama, Llama-3-8B
    and Llama-3-8B at half depth, each at batch 1 and 16: the cost follows the operator count, not the
    parameters or the batch.
@@ -59,6 +59,7 @@ CHECKS = [  # (label, model file, extra flags); batch 1 unless --batch-size is a
     ("Llama-3-8B, full fine-tune, --shard 8 --shard-wrap torchtitan", "llama3_8b.py",
      ["--shard", "8", "--shard-wrap", "torchtitan"]),
     ("Llama-3-8B, full fine-tune, --shard 8 --shard-wrap all", "llama3_8b.py", ["--shard", "8", "--shard-wrap", "all"]),
+    ("Llama-3-8B, built float32, .to(torch.bfloat16) in model()", "llama3_8b_converted.py", []),
     ("Llama-3-8B, full, gradient checkpointing", "llama3_8b_checkpointed.py", []),
     ("Llama-3-8B, full, gradient checkpointing, --shard 8", "llama3_8b_checkpointed.py", ["--shard", "8"]),
     ("Llama-3-8B (transformers LlamaForCausalLM), full fine-tune", "llama3_8b_hf.py", []),
