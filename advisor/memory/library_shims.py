@@ -44,7 +44,8 @@ def as_real_construction(mode):
     import torch
 
     original = torch.utils.swap_tensors
-    memo = mode.fake_tensor_converter.meta_converter.tensor_memo
+    # torch's private memo (2.x); a torch without it keeps its own behaviour: no patch, the warning still quiet
+    memo = getattr(getattr(getattr(mode, "fake_tensor_converter", None), "meta_converter", None), "tensor_memo", {})
 
     def swap_tensors(t1, t2):
         for key, value in list(memo.items()):
