@@ -53,7 +53,9 @@ class Advisor:
         asked for: nothing is then built for real unless it is affordable (advisor/memory/profiled.py)."""
         self.spec, self.backend, self.settings, self.progress = spec, backend, settings, progress
         self.devices = distributed.world()
-        self.notes: list[str] = [backend.note] if backend.note else []
+        # where only a profiled device's memory is asked for, nothing is measured here: this device's note
+        # ("no CUDA device found: measuring on the CPU") would mislead
+        self.notes: list[str] = [backend.note] if backend.note and contract_first else []
         self._started = time.perf_counter()
         self._smallest: int | None = None
         self._tracer = None  # the memory probe's tracer: traces the batches the report shows afterwards

@@ -498,6 +498,7 @@ def test_the_fake_process_group_of_a_sharded_trace_is_not_taken_for_a_job(write_
     result = CliRunner().invoke(app, ["max-batch", str(path), "--profile", "a100-sxm-40gb", "--shard", "4", "--json"])
     assert result.exit_code == 0, result.output
     assert "DistributedDataParallel" not in json.loads(result.stdout)["memory"]["method"]
+    assert "measuring on the CPU" not in result.stderr  # the profile's memory: nothing is measured here
     result = CliRunner().invoke(app, ["recommend", str(path), "--profile", "a100-sxm-40gb", "--shard", "4",
                                       "--zero-stage", "1", "--no-lr-sweep", "--noise-budget", "20steps",
                                       "--max-step-seconds", "0.05", "--json"])
