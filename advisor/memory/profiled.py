@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from advisor.distributed import bucket_bytes
 from advisor.errors import BadInput, ProbeFailed
 from advisor.memory import shard as sharding
 from advisor.memory.attention import BACKENDS, GpuAttention
@@ -83,7 +84,7 @@ class ProfiledStep:
                 found.append(Term("fidelity_correction", gap, "measured: real CPU steps held more than the fake "
                                   f"trace ({self.fidelity.describe()}); fitted as a line in the batch size"))
             if self.shard and self.zero_stage == 1:
-                found.append(Term("ddp_gradient_buckets", gradient_bytes(self.tracer), "estimated: DDP's "
+                found.append(Term("ddp_gradient_buckets", bucket_bytes(self.tracer.model), "estimated: DDP's "
                                   "all-reduce buckets, a copy of every gradient (torch's DistributedDataParallel "
                                   "docs: gradient_as_bucket_view=True saves the total gradients' size, then this "
                                   "term is 0); DDP cannot run under FakeTensorMode"))
@@ -141,7 +142,7 @@ def trace_for_profile(spec: ModelSpec, profile: dict, seed: int = 0, shard: int 
         spec, seed, smallest, built_fake, contract=lambda: check_contract(spec),
         fake=tracer if same_kernels else None, configure=build["configure"] if same_kernels else None,
         prepare=build["prepare"] if same_kernels else None, sharded=sharded,
-        built_bytes=(_parameter_bytes(spec) or 0) if sharded else 0)
+        built_bytes=_whole_bytes(tracer.model) if sharded else 0)
     notes += _fidelity_notes(fidelity)
     if tracer.tracker.stand_ins:
         notes.append("the step reads values from tensors (.item(): an optimizer's step count?), which a fake trace "
@@ -242,9 +243,14 @@ def _parameter_bytes(spec: ModelSpec) -> int | None:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         with mode, as_real_construction(mode):
             model = spec.model()
-        return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        return _whole_bytes(model)
     except Exception:  # noqa: BLE001 -- then nothing is known about its size
         return None
+
+
+def _whole_bytes(model: torch.nn.Module) -> int:
+    """The bytes of the model's parameters and buffers, whole (a sharded parameter counts at its full size)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
 def model_state_bytes(tracer: StepTracer, stage: int = 3) -> int:
@@ -254,12 +260,8 @@ def model_state_bytes(tracer: StepTracer, stage: int = 3) -> int:
 
     states = sum(t.numel() * t.element_size() for t in optimizer_state(tracer.opt))
     params = sum(p.numel() * p.element_size() for p in tracer.model.parameters())
-    return states + (gradient_bytes(tracer) if stage >= 2 else 0) + (params if stage == 3 else 0)
-
-
-def gradient_bytes(tracer: StepTracer) -> int:
-    """The bytes of the gradients of every parameter that takes one."""
-    return sum(p.numel() * p.element_size() for p in tracer.model.parameters() if p.requires_grad)
+    gradients = bucket_bytes(tracer.model)  # the bytes of the parameters that train, as DDP buckets them
+    return states + (gradients if stage >= 2 else 0) + (params if stage == 3 else 0)
 
 
 def as_on_cuda(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
