@@ -46,8 +46,9 @@ class Settings:
     collective_timeout: float = DEFAULT_COLLECTIVE_TIMEOUT
     plan_gpus: int | None = None  # predict the step on this many GPUs from the profile's interconnect
     shard: int | None = None  # the peak on one GPU of N under full sharding (with a profile)
-    zero_stage: int = 3  # with shard: 3 shards parameters too (FSDP's full sharding), 2 gradients and optimizer
-    # state, 1 optimizer state (ZeroRedundancyOptimizer)
+    # with shard, what the N GPUs shard: 3 the parameters too (FSDP's full sharding), 2 the gradients and the
+    # optimizer state, 1 the optimizer state alone (ZeroRedundancyOptimizer)
+    zero_stage: int = 3
     shard_wrap: str = "layers"  # with shard: FSDP's units (memory/shard.py WRAPS)
     attention: str | None = None  # the kernel the profiled GPU runs (else the profile's, else auto)
 

@@ -79,12 +79,12 @@ def hold_to_real_steps(spec: ModelSpec, seed: int, smallest: int, build_fake: bo
         smallest = contract()
     try:
         real = StepTracer(spec, fake=False, seed=seed, smallest=smallest, configure=configure, prepare=prepare)
-        return Fidelity(_compared(spec, fake, real, smallest), contract_ran=True), smallest
+        return Fidelity(_compared(spec, fake, real, smallest), contract_ran=contract is not None), smallest
     except (ProbeFailed, BadInput) as exc:
         if not sharded:
             raise
         return Fidelity(skipped=f"real CPU steps could not run sharded ({one_line(exc, 160)})",
-                        contract_ran=True), smallest
+                        contract_ran=contract is not None), smallest
 
 
 def _compared(spec: ModelSpec, fake: StepTracer, real: StepTracer, smallest: int) -> dict[int, tuple[int, int]]:
