@@ -61,14 +61,21 @@ def trace_against_allocator(name: str, path: Path, device: str, target: int) -> 
     tracer = StepTracer(spec, smallest=smallest, batch_on_host=backend.holds_batch_on_host)  # as Advisor does
     batch = largest_fitting_batch(tracer.peak, target, smallest=smallest).max_batch
     traced = tracer.peak(batch)
+    reserved, allocated = real_step(spec, backend, smallest, batch)
+    error = None if reserved is None else (traced - reserved) / reserved
+    return {"model": name, "batch": batch, "traced_bytes": traced, "reserved_bytes": reserved,
+            "allocated_bytes": allocated, "error": error}
+
+
+def real_step(spec, backend, smallest: int, batch: int) -> tuple[int | None, int | None]:
+    """One real steady-state step at `batch`: (reserved, allocated) bytes, (None, None) out of memory; the
+    device's memory released after."""
     real = RealSteps(spec, backend, smallest=smallest)
     reserved = real.peak(batch)
     allocated = None if real.peaks[batch] is None else real.peaks[batch].allocated
     del real
     backend.release_memory()
-    error = None if reserved is None else (traced - reserved) / reserved
-    return {"model": name, "batch": batch, "traced_bytes": traced, "reserved_bytes": reserved,
-            "allocated_bytes": allocated, "error": error}
+    return reserved, allocated
 
 
 def largest_batch(name: str, path: Path, device: str, budget: int | None) -> dict:
@@ -151,12 +158,7 @@ def estimate_against_card(name: str, path: Path, device: str, profile_name: str,
     seconds = took()
     release_trace_caches()
     estimate = sum(terms.values())
-    backend = resolve_device(device)
-    real = RealSteps(spec, backend, smallest=step.smallest)
-    reserved = real.peak(batch)
-    allocated = None if real.peaks[batch] is None else real.peaks[batch].allocated
-    del real
-    backend.release_memory()
+    reserved, allocated = real_step(spec, resolve_device(device), step.smallest, batch)
     error = None if reserved is None else (estimate - reserved) / reserved
     return {"model": name, "profile": profile_name, "batch": batch, "estimate_bytes": estimate, "terms": terms,
             "trace_seconds": seconds, "reserved_bytes": reserved, "allocated_bytes": allocated, "error": error,
