@@ -245,6 +245,13 @@ def test_zero_stage_2_keeps_each_layers_parameters_gathered_between_its_forward_
     assert doc["zero_stage"] == 2 and "ZeRO-2" in doc["method"] and doc["traced_peak_bytes"] == peaks[2]
 
 
+def zero_stage(stage: int, n: int, wrap: str | None = "layers") -> dict:
+    """StepTracer's arguments for one rank of `n` under ZeRO `stage` on the fake process group."""
+    if stage == 1:
+        return dict(configure=optimizer_sharded(n))
+    return dict(prepare=fully_sharded(n, reshard_after_forward=stage == 3, wrap=wrap))
+
+
 @pytest.mark.parametrize("stage,wrap", [(3, "layers"), (3, "all"), (2, "torchtitan"), (1, None)])
 def test_a_sharded_fake_trace_equals_real_cpu_steps_through_the_same_fake_process_group(write_model, stage, wrap):
     """Real CPU tensors step through FSDP2 and ZeroRedundancyOptimizer on the fake process group too (its
@@ -252,16 +259,10 @@ def test_a_sharded_fake_trace_equals_real_cpu_steps_through_the_same_fake_proces
     held to real steps, to the byte, at two batch sizes; `check` does the same wherever real steps are cheap."""
     spec = load_spec(write_model(BLOCKS))
     n = 4
-
-    def sharding():
-        if stage == 1:
-            return dict(configure=optimizer_sharded(n))
-        return dict(prepare=fully_sharded(n, reshard_after_forward=stage == 3, wrap=wrap))
-
     try:
         for batch in (2, 5):
-            real = StepTracer(spec, fake=False, **sharding()).peak(batch)
-            assert StepTracer(spec, build_fake=True, **sharding()).peak(batch) == real
+            real = StepTracer(spec, fake=False, **zero_stage(stage, n, wrap)).peak(batch)
+            assert StepTracer(spec, build_fake=True, **zero_stage(stage, n, wrap)).peak(batch) == real
         step = trace_for_profile(spec, load("a100-sxm-40gb"), shard=n, zero_stage=stage, shard_wrap=wrap or "layers")
         assert step.fidelity.checked and step.fidelity.exact, step.fidelity.describe()
     finally:
@@ -354,9 +355,7 @@ def test_the_fake_process_group_traces_what_a_real_two_rank_gloo_job_holds(write
     spec = load_spec(path)
     try:
         for stage in (3, 2, 1):
-            sharded = dict(configure=optimizer_sharded(2)) if stage == 1 else \
-                dict(prepare=fully_sharded(2, reshard_after_forward=stage == 3))
-            tracer = StepTracer(spec, build_fake=True, **sharded)
+            tracer = StepTracer(spec, build_fake=True, **zero_stage(stage, 2))
             traced = [tracer.peak(2), tracer.peak(5)]
             for i in range(2):
                 real = sorted(r[str(stage)][i] for r in ranks)
