@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from advisor.errors import AdvisorError, BadInput, DeviceUnavailable, ProbeFailed
+from advisor.step import gradient_bytes
 
 _ERROR_DIR = "BSADVISOR_ERROR_DIR"  # set by `launch`: ranks leave their expected errors there
 _ERRORS = {cls.exit_code: cls for cls in (BadInput, DeviceUnavailable, ProbeFailed)}
@@ -131,7 +132,7 @@ def wrap(model: torch.nn.Module, device) -> torch.nn.Module:
 
 def bucket_bytes(model: torch.nn.Module) -> int:
     """DDP's gradient buckets hold a copy of every gradient: the bytes of the parameters that train."""
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return gradient_bytes(model)
 
 
 # --- errors in a rank, and the launcher ---------------------------------------------------------

@@ -12,6 +12,11 @@ import torch.nn.functional as F
 from torch.utils._pytree import tree_flatten, tree_map
 
 
+def gradient_bytes(model: torch.nn.Module) -> int:
+    """The bytes of the gradients a step makes: those of every parameter that trains."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
 def tensors_in(batch: Any) -> list[torch.Tensor]:
     return [leaf for leaf in tree_flatten(batch)[0] if isinstance(leaf, torch.Tensor)]
 

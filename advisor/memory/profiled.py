@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from advisor.distributed import bucket_bytes
 from advisor.errors import BadInput, ProbeFailed
 from advisor.memory import shard as sharding
 from advisor.memory.attention import BACKENDS, GpuAttention
@@ -38,6 +37,7 @@ from advisor.memory.trace import StepTracer
 from advisor.hardware.host import host_available_bytes
 from advisor.hardware.profiles import compute_capability
 from advisor.spec import ModelSpec, check_contract, one_line
+from advisor.step import gradient_bytes
 from advisor.units import format_bytes
 
 
@@ -84,7 +84,7 @@ class ProfiledStep:
                 found.append(Term("fidelity_correction", gap, "measured: real CPU steps held more than the fake "
                                   f"trace ({self.fidelity.describe()}); fitted as a line in the batch size"))
             if self.shard and self.zero_stage == 1:
-                found.append(Term("ddp_gradient_buckets", bucket_bytes(self.tracer.model), "estimated: DDP's "
+                found.append(Term("ddp_gradient_buckets", gradient_bytes(self.tracer.model), "estimated: DDP's "
                                   "all-reduce buckets, a copy of every gradient (torch's DistributedDataParallel "
                                   "docs: gradient_as_bucket_view=True saves the total gradients' size, then this "
                                   "term is 0); DDP cannot run under FakeTensorMode"))
@@ -260,8 +260,7 @@ def model_state_bytes(tracer: StepTracer, stage: int = 3) -> int:
 
     states = sum(t.numel() * t.element_size() for t in optimizer_state(tracer.opt))
     params = sum(p.numel() * p.element_size() for p in tracer.model.parameters())
-    gradients = bucket_bytes(tracer.model)  # the bytes of the parameters that train, as DDP buckets them
-    return states + (gradients if stage >= 2 else 0) + (params if stage == 3 else 0)
+    return states + (gradient_bytes(tracer.model) if stage >= 2 else 0) + (params if stage == 3 else 0)
 
 
 def as_on_cuda(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
